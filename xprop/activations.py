@@ -1,0 +1,126 @@
+"""Activations g and their backward rules, side by side in one registry.
+
+Every entry has the same two functions with the same argument order::
+
+    A  = forward(xp, Z)            # A = g(Z)
+    dZ = backward(xp, dA, Z, A)    # dZ = dA ∘ g'(Z)
+
+``Z`` and ``A`` are the values cached by the forward pass, both ``(m, n_l)``
+(rows: examples). ``backward`` reads the derivative from what is cached and
+never recomputes the forward: sigmoid and tanh from ``A``, the ReLU family
+from ``Z``. Softmax is not elementwise; its ``backward`` is the product of
+``dA`` with its Jacobian, row by row, which is still ``(m, n_l) → (m, n_l)``.
+
+Only functions of the Python array API standard are used, so ``xp`` can be
+NumPy, CuPy or any standard namespace. Constants are Python scalars, which
+keep the array's dtype (a float32 net stays float32).
+
+Adding an activation is one entry in :data:`ACTIVATIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+__all__ = ["Activation", "ACTIVATIONS", "HIDDEN", "LEAKY_SLOPE", "get_activation"]
+
+LEAKY_SLOPE = 0.01
+
+
+class Activation(NamedTuple):
+    """One activation: forward and its backward rule.
+
+    Attributes
+    ----------
+    forward : callable ``(xp, Z) -> A``
+    backward : callable ``(xp, dA, Z, A) -> dZ``
+    kink : bool
+        True where g is not differentiable at 0 (ReLU family); gradient checks
+        keep Z away from there.
+    hidden : bool
+        Whether it may be used in hidden layers (softmax is output-only).
+    """
+
+    forward: Callable
+    backward: Callable
+    kink: bool = False
+    hidden: bool = True
+
+
+# sigmoid: σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)) = A(1 − A)
+def sigmoid(xp, Z):
+    # Overflow-free: e = exp(-|z|) is in (0, 1], so nothing overflows for any z.
+    # z ≥ 0: 1/(1+e^{-z}) = 1/(1+e);   z < 0: e^{z}/(1+e^{z}) = e/(1+e).
+    E = xp.exp(-xp.abs(Z))
+    return xp.where(Z >= 0, 1 / (1 + E), E / (1 + E))
+
+
+def sigmoid_backward(xp, dA, Z, A):
+    return dA * A * (1 - A)
+
+
+# tanh: tanh'(z) = 1 − tanh(z)² = 1 − A²
+def tanh(xp, Z):
+    return xp.tanh(Z)
+
+
+def tanh_backward(xp, dA, Z, A):
+    return dA * (1 - A * A)
+
+
+# ReLU: max(z, 0);  relu'(z) = 1 for z > 0 else 0 (0 taken at the kink)
+def relu(xp, Z):
+    return xp.maximum(Z, 0.0)
+
+
+def relu_backward(xp, dA, Z, A):
+    return xp.where(Z > 0, dA, 0.0)
+
+
+# leaky ReLU: z for z > 0 else 0.01·z;  derivative 1 or 0.01
+def leaky_relu(xp, Z):
+    return xp.where(Z > 0, Z, LEAKY_SLOPE * Z)
+
+
+def leaky_relu_backward(xp, dA, Z, A):
+    return xp.where(Z > 0, dA, LEAKY_SLOPE * dA)
+
+
+# identity: g(z) = z;  g' = 1
+def identity(xp, Z):
+    return Z
+
+
+def identity_backward(xp, dA, Z, A):
+    return dA
+
+
+# softmax over the units of each row: A_ij = e^{Z_ij − max_j Z} / Σ_j e^{Z_ij − max_j Z}
+# Jacobian-vector product: dZ_i = A_i ∘ (dA_i − ⟨dA_i, A_i⟩)
+def softmax(xp, Z):
+    E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))  # row max subtracted: exp ≤ 1
+    return E / xp.sum(E, axis=1, keepdims=True)
+
+
+def softmax_backward(xp, dA, Z, A):
+    return A * (dA - xp.sum(dA * A, axis=1, keepdims=True))
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "sigmoid": Activation(sigmoid, sigmoid_backward),
+    "tanh": Activation(tanh, tanh_backward),
+    "relu": Activation(relu, relu_backward, kink=True),
+    "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True),
+    "identity": Activation(identity, identity_backward),
+    "softmax": Activation(softmax, softmax_backward, hidden=False),
+}
+
+HIDDEN = tuple(name for name, act in ACTIVATIONS.items() if act.hidden)
+
+
+def get_activation(name: str, *, argument: str = "activation", hidden: bool = True) -> Activation:
+    """Look up an activation by name, with a clear error for unknown names."""
+    choices = HIDDEN if hidden else tuple(ACTIVATIONS)
+    if not isinstance(name, str) or name not in choices:
+        raise ValueError(f"{argument} must be one of {', '.join(choices)}; got {name!r}")
+    return ACTIVATIONS[name]

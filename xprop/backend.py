@@ -1,0 +1,316 @@
+"""The one door to the hardware.
+
+This is the only module in xprop that imports CuPy. It decides whether a GPU
+is really usable (CuPy imports *and* a CUDA device is counted, CUDA errors
+caught), hands out the array namespace ``xp`` that the math runs against, and
+moves arrays between host and device. Transfers happen here, at the edges;
+the math modules never see NumPy or CuPy by name.
+
+Backends
+--------
+``"numpy"``
+    Always available.
+``"cupy"``
+    Available when CuPy imports and ``cupy.cuda.runtime.getDeviceCount() > 0``.
+``"auto"``
+    The environment variable ``XPROP_BACKEND`` if set, else CuPy when usable,
+    else NumPy.
+any array-API namespace
+    A module such as ``array_api_strict`` may be passed wherever a backend name
+    is accepted; the math uses only functions of the array API standard.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import types
+
+import numpy
+
+__all__ = [
+    "BackendError",
+    "backends",
+    "cupy_status",
+    "get_xp",
+    "backend_name",
+    "to_numpy",
+    "device_of",
+    "as_backend_array",
+]
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that cannot be used on this machine."""
+
+
+# --------------------------------------------------------------------------
+# CuPy probing (the only place cupy is imported)
+# --------------------------------------------------------------------------
+
+_FIX_INSTALL = (
+    "install the wheel that matches your driver: pip install 'xprop[gpu]' "
+    "(CUDA 12, cupy-cuda12x) or 'xprop[cuda13]' (CUDA 13, cupy-cuda13x)"
+)
+
+
+def _import_cupy():
+    import cupy  # noqa: PLC0415  (guarded import: the one place in xprop)
+
+    return cupy
+
+
+def _libcuda_loads() -> bool:
+    """Whether the NVIDIA driver library can be loaded at all."""
+    import ctypes  # noqa: PLC0415
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _classify_cuda_error(text: str) -> str:
+    if not _libcuda_loads():
+        return (
+            f"no NVIDIA driver was found (libcuda cannot be loaded; CUDA says {text}); "
+            "this machine has no usable GPU, or, in Docker, the container lacks the driver "
+            "libraries (run with --gpus all and NVIDIA_DRIVER_CAPABILITIES=compute,utility)"
+        )
+    if "InsufficientDriver" in text or "insufficient" in text.lower():
+        return (
+            "the NVIDIA driver is too old for this CuPy wheel's CUDA version "
+            f"({text}); update the driver, or install the CuPy wheel for an older CUDA "
+            "(e.g. pip install 'xprop[cuda12]' instead of 'xprop[cuda13]')"
+        )
+    if "NoDevice" in text or "no CUDA-capable device" in text:
+        return (
+            f"no CUDA device is visible ({text}); check nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES (in Docker: run with --gpus all)"
+        )
+    if "libcuda" in text or "cuda.so" in text or "CUDA driver" in text:
+        return (
+            f"the CUDA driver library could not be loaded ({text}); install the NVIDIA "
+            "driver (in Docker: set NVIDIA_DRIVER_CAPABILITIES=compute,utility)"
+        )
+    return f"CUDA is not usable ({text})"
+
+
+@functools.lru_cache(maxsize=1)
+def cupy_status() -> tuple[bool, str]:
+    """Whether CuPy can be used here, and why not.
+
+    Returns
+    -------
+    usable : bool
+    reason : str
+        ``"ok: N device(s)"`` when usable, otherwise one sentence saying what
+        is missing and how to fix it.
+    """
+    try:
+        cupy = _import_cupy()
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "cupy":
+            return False, f"CuPy is not installed; {_FIX_INSTALL}"
+        return False, (
+            f"CuPy is installed but fails to import ({exc}); if more than one CuPy wheel "
+            "is installed (pip list | grep -i cupy), uninstall all but one"
+        )
+    except Exception as exc:  # a broken install raises anything at import time
+        return False, f"CuPy fails to import ({type(exc).__name__}: {exc})"
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # CUDARuntimeError, or a missing libcuda at first use
+        return False, _classify_cuda_error(f"{type(exc).__name__}: {exc}")
+    if count < 1:
+        return False, "CuPy imports but no CUDA device is counted; check nvidia-smi"
+    return True, f"ok: {count} device(s)"
+
+
+def backends() -> list[str]:
+    """Names of the backends usable on this machine, ``["numpy"]`` first."""
+    names = ["numpy"]
+    if cupy_status()[0]:
+        names.append("cupy")
+    return names
+
+
+def _cupy_module():
+    usable, reason = cupy_status()
+    if not usable:
+        raise BackendError(f"backend 'cupy' is not usable here: {reason}")
+    return _import_cupy()
+
+
+def _namespace_of_array(a):
+    if isinstance(a, numpy.ndarray):
+        return numpy
+    get_ns = getattr(a, "__array_namespace__", None)
+    if get_ns is not None:
+        ns = get_ns()
+        # NumPy/CuPy arrays report their main namespace; keep those modules.
+        return ns
+    return None
+
+
+def get_xp(backend="auto"):
+    """The array namespace ``xp`` for a backend.
+
+    Parameters
+    ----------
+    backend : {"auto", "numpy", "cupy"} or module or array
+        A name, an array-API namespace (returned as is), or an array (its
+        namespace is returned).
+
+    Returns
+    -------
+    module
+        ``numpy``, ``cupy`` or the given namespace.
+
+    Raises
+    ------
+    BackendError
+        ``"cupy"`` asked for where it cannot be used; the message says why.
+    ValueError
+        An unknown backend name.
+    """
+    if backend is None or (isinstance(backend, str) and backend == "auto"):
+        env = os.environ.get("XPROP_BACKEND", "").strip()
+        if env and env != "auto":
+            return get_xp(env)
+        return _cupy_module() if cupy_status()[0] else numpy
+    if isinstance(backend, str):
+        name = backend.strip().lower()
+        if name == "numpy":
+            return numpy
+        if name == "cupy":
+            return _cupy_module()
+        raise ValueError(
+            f"backend must be 'auto', 'numpy', 'cupy' or an array namespace; got {backend!r}"
+        )
+    if isinstance(backend, types.ModuleType):
+        if backend is numpy or hasattr(backend, "__array_api_version__"):
+            return backend
+        raise ValueError(
+            f"backend module {backend.__name__!r} is not an array-API namespace"
+        )
+    ns = _namespace_of_array(backend)
+    if ns is None:
+        raise TypeError(
+            "backend must be a name ('auto', 'numpy', 'cupy'), an array namespace or "
+            f"an array; got {type(backend).__name__}"
+        )
+    return ns
+
+
+def backend_name(xp) -> str:
+    """Short name of a namespace: ``"numpy"``, ``"cupy"`` or the module name."""
+    name = getattr(xp, "__name__", str(xp))
+    if name.startswith("cupy"):
+        return "cupy"
+    return name
+
+
+def _is_cupy_array(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def to_numpy(a) -> numpy.ndarray:
+    """Host (NumPy) copy of an array from any backend.
+
+    NumPy arrays are returned as they are (no copy); CuPy arrays are copied
+    from the device; other array-API arrays go through DLPack.
+    """
+    if isinstance(a, numpy.ndarray):
+        return a
+    if _is_cupy_array(a):
+        return a.get()
+    if numpy.isscalar(a):
+        return numpy.asarray(a)
+    try:
+        return numpy.from_dlpack(a)
+    except Exception:  # not every array exports DLPack on the host
+        return numpy.asarray(a)
+
+
+def device_of(a):
+    """The device an array lives on (the standard ``.device`` attribute)."""
+    return getattr(a, "device", "cpu")
+
+
+def _describe(a) -> str:
+    ns = _namespace_of_array(a)
+    where = backend_name(ns) if ns is not None else type(a).__module__
+    return f"{where} array on device {device_of(a)}"
+
+
+def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
+    """Bring one input array through the door into namespace ``xp``.
+
+    The moves done here are the only implicit transfers in xprop, and they
+    happen once per call at the entry of a public function: a NumPy array
+    given to a CuPy net is copied to the device; a CuPy array given to a
+    NumPy net is copied to the host. An array of the net's own namespace on
+    another device is refused (moving it silently would hide a mistake).
+
+    Parameters
+    ----------
+    a : array_like
+    xp : module
+        Target namespace.
+    name : str
+        Argument name used in error messages (``"X"``, ``"Y"``).
+    dtype : dtype, optional
+        Cast to this dtype after the move.
+    device : optional
+        The device the result must be on (the net's parameters' device).
+    """
+    ns = _namespace_of_array(a)
+    if ns is None:
+        if isinstance(a, (list, tuple)) or numpy.isscalar(a):
+            a = numpy.asarray(a)
+            ns = numpy
+        else:
+            raise TypeError(
+                f"{name} must be an array (NumPy, CuPy or the net's array namespace); "
+                f"got {type(a).__name__}"
+            )
+    if ns is not xp:
+        if ns is numpy or _is_cupy_array(a):
+            host = to_numpy(a)
+            a = host if xp is numpy else xp.asarray(host, device=device)
+        else:
+            raise TypeError(
+                f"{name} is a {_describe(a)} but the net runs on {backend_name(xp)}; "
+                f"pass a NumPy array or an array of the net's namespace"
+            )
+    elif device is not None and device_of(a) != device:
+        raise ValueError(
+            f"{name} is on device {device_of(a)} but the net's parameters are on "
+            f"device {device}; move it first (e.g. {name}.to_device(...)) or move the "
+            "net with net.to(...)"
+        )
+    if dtype is not None and a.dtype != dtype:
+        a = xp.astype(a, dtype)
+    return a
+
+
+def dtype_kind(a) -> str:
+    """NumPy-style kind letter of an array's dtype ('f', 'i', 'u', 'b', 'O', ...).
+
+    NumPy and CuPy dtypes are NumPy dtypes; other namespaces are asked with
+    the standard ``isdtype``.
+    """
+    try:
+        return numpy.dtype(a.dtype).kind
+    except TypeError:
+        xp = a.__array_namespace__()
+        for kind, letter in (("real floating", "f"), ("signed integer", "i"),
+                             ("unsigned integer", "u"), ("bool", "b"),
+                             ("complex floating", "c")):
+            if xp.isdtype(a.dtype, kind):
+                return letter
+        return "O"

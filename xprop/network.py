@@ -1,0 +1,302 @@
+"""The multi-layer network: forward pass with a cache, backward pass from it.
+
+Notation (row layout, the default; ``m`` examples, ``k`` features, ``L`` layers)::
+
+    A0 = X                                   (m, k)
+    Z_l = A_{l-1} @ W_l + b_l                (m, n_l)    W_l : (n_{l-1}, n_l), b_l : (n_l,)
+    A_l = g_l(Z_l)                           (m, n_l)
+    J = (1/m) Σ_i L_i                        scalar
+
+    dZ_L = A_L − Y                           softmax + CE, sigmoid + BCE (see losses.py)
+    dZ_L = dA_L ∘ g_L'(Z_L)                  any other output/loss pair
+    dW_l = (1/m) A_{l-1}ᵀ @ dZ_l             (n_{l-1}, n_l)
+    db_l = (1/m) Σ_i dZ_l                    (n_l,)
+    dA_{l-1} = dZ_l @ W_lᵀ                   (m, n_{l-1})
+    dZ_{l-1} = dA_{l-1} ∘ g'_{l-1}(Z_{l-1})
+
+The column layout (``layout="columns"``, examples as columns) is the same
+math transposed: ``X : (k, m)``, ``W_l : (n_l, n_{l-1})``, ``b_l : (n_l, 1)``,
+``Z_l = W_l A_{l-1} + b_l``, ``dW_l = (1/m) dZ_l A_{l-1}ᵀ``. It is not a second
+copy of the equations: the parameters, inputs and cache are handed to the
+row-layout code as transposed views, and the results handed back the same way.
+
+Everything here goes through the namespace ``self.xp``; this module imports
+neither NumPy nor CuPy.
+"""
+
+from __future__ import annotations
+
+from .activations import get_activation
+from .backend import backend_name, device_of, get_xp, to_numpy
+from .init import INITS, default_init, initial_weights
+from .losses import DEFAULT_LOSS, LOSSES, get_loss
+from .validation import (
+    check_choice,
+    check_dtype_name,
+    check_inputs,
+    check_layer_sizes,
+    check_seed,
+    check_targets,
+)
+
+__all__ = ["MLP"]
+
+LAYOUTS = ("rows", "columns")
+
+
+class MLP:
+    """A fully connected network with hand-written forward and backward passes.
+
+    Parameters
+    ----------
+    layer_sizes : list of int
+        ``[k, n_1, ..., n_L]``: input features, then units per layer.
+    activation : {"relu", "leaky_relu", "sigmoid", "tanh", "identity"}
+        Hidden-layer activation g.
+    output : {"softmax", "sigmoid", "identity", "tanh", "relu", "leaky_relu"}
+        Output activation g_L.
+    loss : {"cross_entropy", "binary_cross_entropy", "mse"} or None
+        None picks the natural loss of the output: softmax → cross_entropy,
+        sigmoid → binary_cross_entropy, anything else → mse. cross_entropy
+        needs a softmax output and binary_cross_entropy a sigmoid output.
+    backend : {"auto", "numpy", "cupy"} or array namespace
+    dtype : {"float32", "float64"}
+        Parameters, activations and gradients all keep this dtype.
+    seed : int or None
+        Seed of the host RNG that draws the initial weights.
+    init : {"he", "glorot", "small"} or None
+        None picks He for the ReLU family, Glorot otherwise. Biases start at 0.
+    layout : {"rows", "columns"}
+        Examples as rows (``X : (m, k)``) or as columns (``X : (k, m)``).
+
+    Attributes
+    ----------
+    params : dict of str to array
+        ``"W1", "b1", ..., "WL", "bL"`` on the backend, shaped for the layout.
+    xp : module
+        The array namespace the math runs against.
+    """
+
+    def __init__(self, layer_sizes, activation="relu", output="softmax", loss=None,
+                 backend="auto", dtype="float32", seed=0, init=None, layout="rows"):
+        self.sizes = check_layer_sizes(layer_sizes)
+        self.activation = activation
+        self._g = get_activation(activation, argument="activation")
+        self.output = output
+        self._g_out = get_activation(output, argument="output", hidden=False)
+        if loss is None:
+            loss = DEFAULT_LOSS.get(output, "mse")
+        self._loss = get_loss(loss)
+        self.loss = loss
+        need = self._loss.fused_output
+        if need is not None and output != need:
+            raise ValueError(
+                f"loss {loss!r} needs output={need!r}; got output={output!r} "
+                f"(use output={need!r}, or loss='mse' for other outputs)"
+            )
+        # dZ_L = A_L − Y for softmax + CE and sigmoid + BCE; the generic rule otherwise.
+        self.fused = need is not None
+        self.layout = check_choice("layout", layout, LAYOUTS)
+        self.init = default_init(activation) if init is None else check_choice("init", init, tuple(INITS))
+        self.seed = check_seed(seed)
+        self.xp = get_xp(backend)
+        self.backend = backend_name(self.xp)
+        self.dtype_name = check_dtype_name(dtype)
+        self.dtype = getattr(self.xp, self.dtype_name)
+        self._set_params(initial_weights(self.sizes, self.init, self.seed))
+
+    # ------------------------------------------------------------------ setup
+    def _set_params(self, host_layers):
+        """Move host ``(W, b)`` pairs (row layout) onto the backend, in the layout."""
+        xp = self.xp
+        self.params = {}
+        for l, (W, b) in enumerate(host_layers, start=1):
+            if self.layout == "columns":
+                W, b = W.T, b.reshape(-1, 1)
+            self.params[f"W{l}"] = xp.asarray(W.astype(self.dtype_name, order="C"))
+            self.params[f"b{l}"] = xp.asarray(b.astype(self.dtype_name, order="C"))
+        self.device = device_of(self.params["W1"])
+
+    @property
+    def L(self) -> int:
+        """Number of layers with weights."""
+        return len(self.sizes) - 1
+
+    @property
+    def n_params(self) -> int:
+        return sum(int(p.size) for p in self.params.values())
+
+    def shape_text(self, what: str) -> str:
+        """The expected shape of ``X`` or ``Y`` in words, for error messages."""
+        k, n_out = self.sizes[0], self.sizes[-1]
+        if what == "X":
+            return f"(m, {k})" if self.layout == "rows" else f"({k}, m)"
+        return f"(m, {n_out})" if self.layout == "rows" else f"({n_out}, m)"
+
+    def __repr__(self) -> str:
+        sizes = "-".join(map(str, self.sizes))
+        return (f"MLP({sizes}, activation={self.activation!r}, output={self.output!r}, "
+                f"loss={self.loss!r}, backend={self.backend!r}, dtype={self.dtype_name!r}, "
+                f"layout={self.layout!r})")
+
+    def to(self, backend=None, *, dtype=None) -> "MLP":
+        """A copy of this net with the same weights on another backend or dtype.
+
+        The original is left as it is. ``net.to("cupy")``, ``net.to("numpy")``,
+        ``net.to(dtype="float64")``.
+        """
+        new = object.__new__(MLP)
+        new.__dict__.update(self.__dict__)
+        new.xp = self.xp if backend is None else get_xp(backend)
+        new.backend = backend_name(new.xp)
+        new.dtype_name = self.dtype_name if dtype is None else check_dtype_name(dtype)
+        new.dtype = getattr(new.xp, new.dtype_name)
+        new._set_params(self.host_layers())
+        return new
+
+    def host_layers(self):
+        """Host float64 copies of ``(W_l, b_l)`` in the row layout."""
+        layers = []
+        for l in range(1, self.L + 1):
+            W = to_numpy(self.params[f"W{l}"]).astype("float64")
+            b = to_numpy(self.params[f"b{l}"]).astype("float64")
+            if self.layout == "columns":
+                W, b = W.T, b.reshape(-1)
+            layers.append((W, b))
+        return layers
+
+    # ------------------------------------------------ row-layout math (internal)
+    def _layer_params(self, l: int):
+        """``(W_l, b_l)`` as the row-layout math sees them (views, no copies)."""
+        W, b = self.params[f"W{l}"], self.params[f"b{l}"]
+        if self.layout == "columns":
+            return W.T, b.T  # (n_{l-1}, n_l), (1, n_l)
+        return W, b
+
+    def _forward_rows(self, X):
+        """Forward pass on row-layout ``X : (m, k)``; returns ``A_L`` and the cache."""
+        xp = self.xp
+        cache = {"A0": X}
+        A = X
+        for l in range(1, self.L + 1):
+            W, b = self._layer_params(l)
+            g = self._g_out if l == self.L else self._g
+            Z = A @ W + b                      # Z_l = A_{l-1} W_l + b_l
+            A = g.forward(xp, Z)               # A_l = g_l(Z_l)
+            cache[f"Z{l}"] = Z
+            cache[f"A{l}"] = A
+        return A, cache
+
+    def _output_delta(self, cache, Y):
+        """``dZ_L``: ``A_L − Y`` for the fused pairs, else ``dA_L ∘ g_L'(Z_L)``."""
+        xp, L = self.xp, self.L
+        Z, A = cache[f"Z{L}"], cache[f"A{L}"]
+        if self.fused:
+            return A - Y                                   # dZ_L = A_L − Y
+        dA = self._loss.grad(xp, Z, A, Y)                  # dA_L = ∂L/∂A_L
+        return self._g_out.backward(xp, dA, Z, A)          # dZ_L = dA_L ∘ g_L'(Z_L)
+
+    def _backward_rows(self, cache, Y):
+        """Backward pass from a row-layout cache and targets ``Y : (m, n_L)``."""
+        xp = self.xp
+        m = Y.shape[0]
+        dZ = self._output_delta(cache, Y)
+        grads = {}
+        for l in range(self.L, 0, -1):
+            W, b = self._layer_params(l)
+            A_prev = cache[f"A{l - 1}"]
+            grads[f"dW{l}"] = (A_prev.T @ dZ) / m          # dW_l = (1/m) A_{l-1}ᵀ dZ_l
+            grads[f"db{l}"] = xp.sum(dZ, axis=0) / m       # db_l = (1/m) Σ_i dZ_l
+            if l > 1:
+                dA = dZ @ W.T                              # dA_{l-1} = dZ_l W_lᵀ
+                Z_prev = cache[f"Z{l - 1}"]
+                dZ = self._g.backward(xp, dA, Z_prev, A_prev)  # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
+        return grads
+
+    def _cost_rows(self, AL_cache, Y):
+        L = self.L
+        return self._loss.value(self.xp, AL_cache[f"Z{L}"], AL_cache[f"A{L}"], Y)
+
+    # ---------------------------------------------------- layout at the edges
+    def _cache_to_layout(self, cache):
+        if self.layout == "columns":
+            return {key: value.T for key, value in cache.items()}
+        return cache
+
+    def _cache_from_layout(self, cache):
+        expected = ["A0"] + [f"{s}{l}" for l in range(1, self.L + 1) for s in ("Z", "A")]
+        missing = [key for key in expected if key not in cache]
+        if missing:
+            raise ValueError(
+                f"cache must be the dict returned by forward() with keys {expected}; missing {missing}"
+            )
+        if self.layout == "columns":
+            return {key: cache[key].T for key in expected}
+        return cache
+
+    def _grads_to_layout(self, grads):
+        if self.layout == "columns":
+            xp = self.xp
+            return {key: (value.T if key.startswith("dW") else xp.reshape(value, (-1, 1)))
+                    for key, value in grads.items()}
+        return grads
+
+    # ------------------------------------------------------------- public API
+    def forward(self, X):
+        """Forward pass.
+
+        Parameters
+        ----------
+        X : array, ``(m, k)`` (rows) or ``(k, m)`` (columns)
+
+        Returns
+        -------
+        out : array
+            ``A_L``, ``(m, n_L)`` or ``(n_L, m)``.
+        cache : dict
+            ``"A0"`` (= X), ``"Z1"``, ``"A1"``, ..., ``"ZL"``, ``"AL"`` in the
+            layout of X, kept for :meth:`backward`.
+        """
+        A, cache = self._forward_rows(check_inputs(self, X))
+        cache = self._cache_to_layout(cache)
+        return cache[f"A{self.L}"], cache
+
+    def backward(self, cache, Y):
+        """Backward pass: gradients of J with respect to every parameter.
+
+        Parameters
+        ----------
+        cache : dict
+            As returned by :meth:`forward`.
+        Y : array
+            Targets for the same examples (see :func:`xprop.validation.check_targets`).
+
+        Returns
+        -------
+        dict
+            ``"dW1", "db1", ..., "dWL", "dbL"``, each shaped like its parameter,
+            averaged over the batch.
+        """
+        if not isinstance(cache, dict):
+            raise TypeError(f"cache must be the dict returned by forward(); got {type(cache).__name__}")
+        rows = self._cache_from_layout(cache)
+        Y = check_targets(self, Y, rows["A0"].shape[0])
+        return self._grads_to_layout(self._backward_rows(rows, Y))
+
+    def cost(self, X, Y) -> float:
+        """The cost ``J = (1/m) Σ_i L_i`` on ``(X, Y)``."""
+        X = check_inputs(self, X)
+        Y = check_targets(self, Y, X.shape[0])
+        _, cache = self._forward_rows(X)
+        return float(self._cost_rows(cache, Y))
+
+    def predict(self, X):
+        """Predictions: class indices ``(m,)`` for softmax, 0/1 for sigmoid,
+        the output values for any other output (layout-shaped like ``A_L``)."""
+        xp = self.xp
+        A, _ = self._forward_rows(check_inputs(self, X))
+        if self.output == "softmax":
+            return xp.argmax(A, axis=1)
+        if self.output == "sigmoid":
+            A = xp.astype(A > 0.5, xp.int64)
+        return A.T if self.layout == "columns" else A

@@ -1,0 +1,197 @@
+"""Checks at the door: constructor arguments and the arrays given to a net.
+
+Every check raises a ``ValueError`` or ``TypeError`` whose message names the
+argument, what was expected and what was received, before anything is
+computed or changed. Array checks run in the net's namespace ``xp`` (one
+reduction each), once per public call; the training loop checks its data
+once, not per batch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .backend import as_backend_array, dtype_kind
+
+__all__ = [
+    "check_layer_sizes",
+    "check_choice",
+    "check_dtype_name",
+    "check_seed",
+    "check_positive_number",
+    "check_positive_int",
+    "check_inputs",
+    "check_targets",
+]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_layer_sizes(sizes) -> tuple[int, ...]:
+    """``[k, n_1, ..., n_L]``: at least two positive integers."""
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(
+            f"layer_sizes must be a list of integers like [4, 8, 3]; got {sizes!r}"
+        )
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(
+            "layer_sizes must have at least two entries (inputs and outputs), "
+            f"e.g. [4, 3]; got {sizes!r}"
+        )
+    for i, n in enumerate(sizes):
+        if not _is_int(n) or n < 1:
+            raise ValueError(
+                f"layer_sizes[{i}] must be a positive integer; got {n!r} in {sizes!r}"
+            )
+    return tuple(int(n) for n in sizes)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_dtype_name(dtype) -> str:
+    """'float32' or 'float64' from a string, a NumPy dtype or a scalar type."""
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+    name = str(name).rsplit(".", 1)[-1]
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+    return name
+
+
+def check_seed(seed):
+    if seed is not None and not _is_int(seed):
+        raise TypeError(f"seed must be an integer or None; got {seed!r}")
+    return seed
+
+
+def check_positive_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be an integer ≥ 1; got {value!r}")
+    return int(value)
+
+
+def _refuse_kind(name: str, a, allowed: str):
+    kind = dtype_kind(a)
+    if kind not in allowed:
+        raise TypeError(
+            f"{name} must hold numbers (float{' or integer' if 'i' in allowed else ''}); "
+            f"got an array of dtype {a.dtype}"
+        )
+    return kind
+
+
+def _require_finite(xp, name: str, a):
+    if not bool(xp.all(xp.isfinite(a))):
+        raise ValueError(f"{name} contains NaN or inf; clean or impute the data first")
+
+
+def check_inputs(net, X, *, name: str = "X"):
+    """The net's input in the row layout: ``(m, k)`` in the net's dtype.
+
+    Integer X is cast to the net's dtype (documented); bool, string and
+    object arrays are refused. In the column layout X is ``(k, m)`` and the
+    returned array is its transposed view.
+    """
+    xp = net.xp
+    X = as_backend_array(X, xp, name=name, device=net.device)
+    _refuse_kind(name, X, "fiu")
+    k = net.sizes[0]
+    if X.ndim != 2:
+        hint = f" (for one example use X.reshape(1, {k}))" if X.ndim == 1 and net.layout == "rows" else ""
+        raise ValueError(
+            f"{name} must be 2-D {net.shape_text('X')}; got {X.ndim}-D shape {tuple(X.shape)}{hint}"
+        )
+    if net.layout == "columns":
+        X = X.T
+    m, n_features = X.shape
+    if m == 0:
+        raise ValueError(f"{name} is empty: it has 0 examples")
+    if n_features != k:
+        raise ValueError(
+            f"{name} must have {k} features {net.shape_text('X')} for this net; "
+            f"got shape {tuple(X.T.shape if net.layout == 'columns' else X.shape)}"
+        )
+    if X.dtype != net.dtype:
+        X = xp.astype(X, net.dtype)
+    _require_finite(xp, name, X)
+    return X
+
+
+def check_targets(net, Y, m: int, *, name: str = "Y"):
+    """Targets in the row layout: ``(m, n_L)`` in the net's dtype.
+
+    Accepted forms
+    --------------
+    - softmax output: integer class labels ``(m,)`` in ``[0, n_L)`` (turned
+      into one-hot rows), or ``(m, n_L)`` rows that are probability
+      distributions (one-hot or soft labels: non-negative, summing to 1 —
+      the fused ``A − Y`` output delta relies on that sum).
+    - sigmoid output: ``(m, n_L)`` targets in [0, 1]; ``(m,)`` when n_L = 1.
+    - any other output: ``(m, n_L)`` values; ``(m,)`` when n_L = 1.
+    In the column layout 2-D targets are ``(n_L, m)``; labels stay ``(m,)``.
+    """
+    xp = net.xp
+    n_out = net.sizes[-1]
+    Y = as_backend_array(Y, xp, name=name, device=net.device)
+    kind = _refuse_kind(name, Y, "fiub")
+    if Y.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D labels or 2-D targets; got {Y.ndim}-D shape {tuple(Y.shape)}")
+    length = Y.shape[0] if (Y.ndim == 1 or net.layout == "rows") else Y.shape[1]
+    if length != m:
+        raise ValueError(f"{name} has {length} examples but X has {m}; they must match")
+    if Y.ndim == 1 and net.output == "softmax":
+        if kind == "f":
+            _require_finite(xp, name, Y)
+            if not bool(xp.all(Y == xp.floor(Y))):
+                raise ValueError(
+                    f"{name} as 1-D labels must hold whole class numbers 0..{n_out - 1}; got fractional values"
+                )
+        labels = xp.astype(Y, xp.int64)
+        lo, hi = int(xp.min(labels)), int(xp.max(labels))
+        if lo < 0 or hi >= n_out:  # checked explicitly: CuPy does not raise on bad indices
+            raise ValueError(
+                f"{name} labels must be in 0..{n_out - 1} for a net with {n_out} outputs; "
+                f"got values from {lo} to {hi}"
+            )
+        classes = xp.arange(n_out, dtype=xp.int64)
+        return xp.astype(labels[:, None] == classes[None, :], net.dtype)
+    if Y.ndim == 1:
+        if n_out != 1:
+            raise ValueError(
+                f"{name} is 1-D but the net has {n_out} outputs; pass targets "
+                f"{net.shape_text('Y')}"
+            )
+        Y = xp.reshape(Y, (m, 1))
+    elif net.layout == "columns":
+        Y = Y.T
+    if Y.shape[1] != n_out:
+        raise ValueError(
+            f"{name} must have {n_out} output columns {net.shape_text('Y')}; "
+            f"got shape {tuple(Y.T.shape if net.layout == 'columns' else Y.shape)}"
+        )
+    Y = xp.astype(Y, net.dtype)
+    _require_finite(xp, name, Y)
+    if net.output == "softmax":
+        tol = 1e-3 if net.dtype == xp.float32 else 1e-6
+        if bool(xp.any(Y < 0)) or bool(xp.any(xp.abs(xp.sum(Y, axis=1) - 1) > tol)):
+            raise ValueError(
+                f"{name} for a softmax net must be one-hot rows (or probability rows summing to 1), "
+                "or 1-D integer labels; got rows that are not distributions"
+            )
+    elif net.output == "sigmoid" and net.loss == "binary_cross_entropy":
+        if bool(xp.any(Y < 0)) or bool(xp.any(Y > 1)):
+            raise ValueError(f"{name} for binary cross-entropy must be in [0, 1] (0/1 targets); got values outside")
+    return Y
