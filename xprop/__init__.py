@@ -8,13 +8,27 @@
 
 from .backend import BackendError, backends, get_xp, to_numpy
 from .gradcheck import compare_backends, gradcheck
+from .datasets import load_data, load_digits
+from .io import ModelFileError, load
 from .network import MLP
+from .optim import SGD, Adam
+from .train import History, TrainingDiverged, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
     "BackendError",
+    "History",
     "MLP",
+    "ModelFileError",
+    "SGD",
+    "TrainingDiverged",
+    "evaluate",
+    "fit",
+    "load",
+    "load_data",
+    "load_digits",
     "backends",
     "compare_backends",
     "get_xp",

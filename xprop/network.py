@@ -27,7 +27,7 @@ neither NumPy nor CuPy.
 from __future__ import annotations
 
 from .activations import get_activation
-from .backend import backend_name, device_of, get_xp, to_numpy
+from .backend import as_backend_array, backend_name, device_of, get_xp, to_numpy
 from .init import INITS, default_init, initial_weights
 from .losses import DEFAULT_LOSS, LOSSES, get_loss
 from .validation import (
@@ -164,6 +164,29 @@ class MLP:
                 W, b = W.T, b.reshape(-1)
             layers.append((W, b))
         return layers
+
+    def set_params(self, params) -> None:
+        """Replace every parameter with a copy of ``params[name]`` (any backend).
+
+        Shapes must match this net's layout; all names are checked before any
+        parameter is replaced, so a failed call leaves the net unchanged.
+        """
+        xp, new = self.xp, {}
+        for name, p in self.params.items():
+            if name not in params:
+                raise ValueError(f"params lacks {name!r}; expected keys {list(self.params)}")
+            a = as_backend_array(params[name], xp, name=f"params[{name!r}]", dtype=self.dtype,
+                                 device=self.device)
+            if tuple(a.shape) != tuple(p.shape):
+                raise ValueError(f"params[{name!r}] must have shape {tuple(p.shape)}; got {tuple(a.shape)}")
+            new[name] = xp.asarray(a, copy=True)
+        self.params.update(new)
+
+    def save(self, path, metadata=None):
+        """Write the net to a ``.npz`` model file (see :func:`xprop.load`)."""
+        from .io import save  # noqa: PLC0415
+
+        return save(self, path, metadata)
 
     # ------------------------------------------------ row-layout math (internal)
     def _layer_params(self, l: int):

@@ -1,0 +1,177 @@
+"""Optimizers with PyTorch's update rules, so results can be compared.
+
+``opt.step(net.params, grads)`` updates every parameter in place on its own
+backend; the state (momentum buffers, Adam moments, step count) lives on the
+same backend and is created at the first step. Only ``xp`` operations are
+used; this module imports neither NumPy nor CuPy.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import get_xp
+from .validation import check_positive_number
+
+__all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer"]
+
+
+def _check_range(name, value, lo, hi, hi_open=True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < lo or (value >= hi if hi_open else value > hi):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}{bracket}; got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: hyperparameters, per-parameter state, a step counter.
+
+    Subclasses implement :meth:`_update` for one parameter.
+    """
+
+    name = "optimizer"
+    state_names: tuple = ()
+
+    def __init__(self, lr):
+        self.lr = check_positive_number("lr", lr)
+        self.t = 0
+        self.state: dict = {}
+
+    def step(self, params, grads):
+        """Update ``params`` in place from ``grads``.
+
+        Parameters
+        ----------
+        params : dict of str to array
+            ``"W1", "b1", ...`` (``net.params``).
+        grads : dict of str to array
+            ``"dW1", "db1", ...``, each shaped like its parameter.
+        """
+        missing = [f"d{name}" for name in params if f"d{name}" not in grads]
+        if missing:
+            raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
+        self.t += 1
+        for name, p in params.items():
+            xp = get_xp(p)
+            if name not in self.state:
+                self.state[name] = {s: xp.zeros_like(p) for s in self.state_names}
+            self._update(xp, p, grads[f"d{name}"], self.state[name])
+
+    def _update(self, xp, p, g, state):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Step count and state arrays, keyed ``"<param>.<buffer>"`` (backend arrays)."""
+        out = {f"{name}.{s}": buf for name, st in self.state.items() for s, buf in st.items()}
+        return {"t": self.t, "arrays": out}
+
+    def load_state_dict(self, state, params):
+        """Restore :meth:`state_dict` output onto the backend of ``params``."""
+        self.t = int(state["t"])
+        self.state = {}
+        for key, value in state["arrays"].items():
+            name, buf = key.split(".", 1)
+            if name not in params:
+                raise ValueError(f"optimizer state names parameter {name!r}, which the net does not have")
+            xp = get_xp(params[name])
+            arr = xp.asarray(value, dtype=params[name].dtype)
+            if tuple(arr.shape) != tuple(params[name].shape):
+                raise ValueError(
+                    f"optimizer state {key!r} has shape {tuple(arr.shape)} but parameter "
+                    f"{name!r} has shape {tuple(params[name].shape)}"
+                )
+            self.state.setdefault(name, {})[buf] = arr
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum.
+
+    As ``torch.optim.SGD`` with dampening 0::
+
+        g = dP + weight_decay · P          (L2 penalty through the gradient)
+        v = momentum · v + g               (v starts at 0, so v₁ = g₁)
+        g = g + momentum · v  if nesterov else  v
+        P = P − lr · g
+    """
+
+    name = "sgd"
+
+    def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr)
+        self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
+        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0; got momentum=0")
+        self.nesterov = bool(nesterov)
+        self.state_names = ("v",) if self.momentum else ()
+
+    def _update(self, xp, p, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = state["v"]
+            v *= self.momentum
+            v += g
+            g = g + self.momentum * v if self.nesterov else v
+        p -= self.lr * g
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction, as ``torch.optim.Adam`` (amsgrad off)::
+
+        g = dP + weight_decay · P
+        m = β1 · m + (1 − β1) · g
+        v = β2 · v + (1 − β2) · g²
+        P = P − (lr / (1 − β1ᵗ)) · m / (√v / √(1 − β2ᵗ) + eps)
+    """
+
+    name = "adam"
+    state_names = ("m", "v")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
+        self.betas = (_check_range("betas[0]", betas[0], 0.0, 1.0),
+                      _check_range("betas[1]", betas[1], 0.0, 1.0))
+        self.eps = check_positive_number("eps", eps)
+        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+
+    def _update(self, xp, p, g, state):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        step_size = self.lr / (1 - b1 ** self.t)
+        denom = xp.sqrt(v) / math.sqrt(1 - b2 ** self.t) + self.eps
+        p -= step_size * (m / denom)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def make_optimizer(name: str, **hyperparameters) -> Optimizer:
+    """An optimizer by name (``"sgd"`` or ``"adam"``)."""
+    if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
+    return OPTIMIZERS[name.lower()](**hyperparameters)

@@ -1,0 +1,358 @@
+"""The training loop: mini-batches, progress, validation, checkpoints, early stopping.
+
+``fit`` moves the data to the net's backend once, checks it once, and then
+runs the same step for every mini-batch::
+
+    A_L, cache = forward(X_batch)          # Z_l, A_l kept for backward
+    grads = backward(cache, Y_batch)       # dW_l, db_l
+    optimizer.step(params, grads)
+
+The batch losses stay on the device and are read back once per epoch, so a
+GPU step never waits for the host. A non-finite loss stops training with an
+error naming the epoch and step; the checkpoint of the last good epoch is not
+touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy
+
+from .backend import to_numpy
+from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
+from .optim import Adam, Optimizer, make_optimizer
+from .validation import check_inputs, check_positive_int, check_targets
+
+__all__ = ["fit", "History", "TrainingDiverged", "evaluate"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or inf during training."""
+
+    def __init__(self, epoch: int, step: int, last_finite: float | None):
+        last = "none" if last_finite is None else f"{last_finite:.6g}"
+        super().__init__(
+            f"training diverged: the loss became NaN/inf at epoch {epoch}, step {step} "
+            f"(last finite loss {last}); lower the learning rate. "
+            "The checkpoint of the last completed epoch, if any, is intact."
+        )
+        self.epoch, self.step, self.last_finite = epoch, step, last_finite
+
+
+@dataclass
+class History:
+    """Per-epoch record of a training run.
+
+    Every list has one entry per completed epoch. ``accuracy`` and
+    ``val_accuracy`` are None for regression nets; ``val_*`` are None
+    without validation data.
+    """
+
+    epoch: list = field(default_factory=list)
+    loss: list = field(default_factory=list)
+    accuracy: list = field(default_factory=list)
+    val_loss: list = field(default_factory=list)
+    val_accuracy: list = field(default_factory=list)
+    seconds: list = field(default_factory=list)
+    samples_per_s: list = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def append(self, **record) -> None:
+        for key, value in record.items():
+            getattr(self, key).append(value)
+
+    def last(self) -> dict:
+        """The latest epoch's record as a dict."""
+        keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s")
+        return {k: getattr(self, k)[-1] for k in keys} if self.epoch else {}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _correct(net, A, Y):
+    """Number of correct predictions in a batch (device scalar), or None."""
+    xp = net.xp
+    if net.output == "softmax":
+        hits = xp.argmax(A, axis=1) == xp.argmax(Y, axis=1)
+    elif net.output == "sigmoid":
+        hits = (A > 0.5) == (Y > 0.5)
+    else:
+        return None
+    return xp.sum(xp.astype(hits, xp.int64))
+
+
+def _outputs_per_example(net) -> int:
+    return net.sizes[-1] if net.output == "sigmoid" else 1
+
+
+def _evaluate_rows(net, X, Y, chunk: int = 4096):
+    """Mean loss and accuracy over row-layout ``X, Y`` (device arrays), in chunks."""
+    m = X.shape[0]
+    total, correct = 0.0, 0
+    for i in range(0, m, chunk):
+        Xc, Yc = X[i:i + chunk], Y[i:i + chunk]
+        _, cache = net._forward_rows(Xc)
+        total += float(net._cost_rows(cache, Yc)) * Xc.shape[0]
+        c = _correct(net, cache[f"A{net.L}"], Yc)
+        correct = None if c is None else correct + int(c)
+    acc = None if correct is None else correct / (m * _outputs_per_example(net))
+    return total / m, acc
+
+
+def evaluate(net, X, Y) -> dict:
+    """Loss and accuracy (classification) of ``net`` on ``(X, Y)``."""
+    Xr = check_inputs(net, X)
+    Yr = check_targets(net, Y, Xr.shape[0])
+    loss, acc = _evaluate_rows(net, Xr, Yr)
+    return {"loss": loss, "accuracy": acc, "n": int(Xr.shape[0])}
+
+
+def _take(xp, a, idx):
+    return xp.take(a, idx, axis=0)
+
+
+def _split_validation(net, X, Y, validation, rng):
+    xp = net.xp
+    if validation is None:
+        return X, Y, None, None
+    if isinstance(validation, float) and not isinstance(validation, bool):
+        if not 0.0 < validation < 1.0:
+            raise ValueError(f"validation as a fraction must be in (0, 1); got {validation!r}")
+        m = X.shape[0]
+        n_val = max(1, int(round(validation * m)))
+        if n_val >= m:
+            raise ValueError(f"validation={validation} leaves no training examples out of {m}")
+        order = xp.asarray(rng.permutation(m))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        return _take(xp, X, train_idx), _take(xp, Y, train_idx), _take(xp, X, val_idx), _take(xp, Y, val_idx)
+    if isinstance(validation, (tuple, list)) and len(validation) == 2:
+        Xv = check_inputs(net, validation[0], name="validation X")
+        Yv = check_targets(net, validation[1], Xv.shape[0], name="validation Y")
+        return X, Y, Xv, Yv
+    raise TypeError(f"validation must be None, a fraction in (0, 1) or a pair (X_val, Y_val); got {type(validation).__name__}")
+
+
+def _copy_params(net):
+    return {k: net.xp.asarray(v, copy=True) for k, v in net.params.items()}
+
+
+def _write_checkpoint(path, net, opt, epoch, rng, history, early, config):
+    from . import __version__  # noqa: PLC0415
+
+    arrays = {f"param.{k}": v for k, v in net.params.items()}
+    state = opt.state_dict()
+    arrays.update({f"opt.{k}": v for k, v in state["arrays"].items()})
+    if early.get("best_params") is not None:
+        arrays.update({f"best.{k}": v for k, v in early["best_params"].items()})
+    meta = {
+        "format_version": FORMAT_VERSION, "kind": "checkpoint", "xprop_version": __version__,
+        "architecture": architecture(net), "epoch": epoch, "rng_state": rng.bit_generator.state,
+        "optimizer": {"name": opt.name, "hyperparameters": opt.hyperparameters(), "t": state["t"]},
+        "history": history.to_dict(),
+        "early_stopping": {k: v for k, v in early.items() if k != "best_params"},
+        "config": config,
+    }
+    write_npz_atomic(path, arrays, meta)
+
+
+def _read_checkpoint(path, net, opt, rng):
+    arrays, meta = read_npz(path, "checkpoint")
+    if meta.get("kind") != "checkpoint":
+        raise ValueError(f"checkpoint {str(path)!r} is a {meta.get('kind')} file, not a checkpoint")
+    check_architecture(net, meta["architecture"], path, "checkpoint")
+    saved_opt = meta["optimizer"]["name"]
+    if saved_opt != opt.name:
+        raise ValueError(f"checkpoint {str(path)!r} was written with optimizer {saved_opt!r}; "
+                         f"resume needs the same optimizer, got {opt.name!r}")
+    params = params_from_arrays(net, {k[6:]: v for k, v in arrays.items() if k.startswith("param.")},
+                                path, "checkpoint")
+    net.set_params(params)
+    opt.load_state_dict({"t": meta["optimizer"]["t"],
+                         "arrays": {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}},
+                        net.params)
+    rng.bit_generator.state = meta["rng_state"]
+    early = dict(meta.get("early_stopping", {}))
+    best = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")}
+    early["best_params"] = {k: net.xp.asarray(v, dtype=net.dtype) for k, v in best.items()} or None
+    return int(meta["epoch"]), History.from_dict(meta["history"]), early
+
+
+def _progress_bar(total, enabled, initial=0):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs).
+    return tqdm(total=total, initial=initial, disable=None if enabled else True,
+                unit="step", dynamic_ncols=True, leave=True)
+
+
+def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
+        seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None):
+    """Train ``net`` in place with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    net : MLP
+    X : array, ``(m, k)`` (rows) or ``(k, m)`` (columns)
+    Y : array
+        Targets as accepted by :meth:`MLP.backward` (labels or target rows).
+    epochs : int
+        Passes over the training data (in total, counting resumed ones).
+    batch_size : int
+        Examples per step; the last, partial batch is kept. A batch_size
+        larger than the training set means full-batch gradient descent.
+    optimizer : Optimizer or {"sgd", "adam"} or None
+        None means ``Adam(lr=1e-3)``. Its state is created on the net's backend.
+    validation : None, float or (X_val, Y_val)
+        A float in (0, 1) holds out that fraction of (X, Y), chosen with a
+        host RNG seeded by ``seed``.
+    shuffle : bool
+        Reshuffle the training examples every epoch (host RNG, seeded).
+    seed : int or None
+        Seed of the shuffling and hold-out RNG.
+    progress : bool
+        Show a tqdm bar; it stays quiet by itself when stderr is not a terminal.
+    checkpoint : str or Path, optional
+        Written atomically after every epoch: parameters, optimizer state,
+        epoch, RNG state, history, architecture and version.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (else start afresh). With the
+        same seed and data the result equals an uninterrupted run's, bit for
+        bit on the CPU.
+    patience : int, optional
+        Stop when the validation loss has not improved for this many epochs
+        and restore the best weights. Needs ``validation``.
+    callbacks : list of callable, optional
+        Called as ``cb(record, net)`` after each epoch with the epoch's record
+        (a dict); a callback returning True stops training.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingDiverged
+        The loss became NaN or inf (names epoch, step and last finite loss).
+    """
+    xp = net.xp
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if patience is not None:
+        patience = check_positive_int("patience", patience)
+        if validation is None:
+            raise ValueError("patience (early stopping) needs validation data; pass validation=0.1 or (X_val, Y_val)")
+    if optimizer is None:
+        optimizer = Adam()
+    elif isinstance(optimizer, str):
+        optimizer = make_optimizer(optimizer)
+    elif not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an xprop optimizer, 'sgd', 'adam' or None; got {type(optimizer).__name__}")
+    callbacks = list(callbacks or [])
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path> to resume from")
+
+    # Data: checked once, moved to the backend once.
+    Xr = check_inputs(net, X)
+    Yr = check_targets(net, Y, Xr.shape[0])
+    split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
+    Xr, Yr, Xv, Yv = _split_validation(net, Xr, Yr, validation, numpy.random.default_rng(split_seq))
+    rng = numpy.random.default_rng(shuffle_seq)
+    m = Xr.shape[0]
+    B = min(batch_size, m)
+    steps = math.ceil(m / B)
+
+    history = History()
+    early = {"best_loss": None, "best_epoch": None, "bad_epochs": 0, "best_params": None}
+    start = 0
+    if resume and Path(checkpoint).exists():
+        start, history, early = _read_checkpoint(checkpoint, net, optimizer, rng)
+    config = {"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle), "seed": seed}
+
+    bar = _progress_bar((epochs - start) * steps, progress)
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            bar.set_description(f"epoch {epoch}/{epochs}")
+            t0 = time.perf_counter()
+            if shuffle:
+                order = xp.asarray(rng.permutation(m))
+                Xs, Ys = _take(xp, Xr, order), _take(xp, Yr, order)
+            else:
+                Xs, Ys = Xr, Yr
+            losses, correct = [], None
+            with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                for i in range(0, m, B):
+                    Xb, Yb = Xs[i:i + B], Ys[i:i + B]
+                    _, cache = net._forward_rows(Xb)
+                    losses.append(net._cost_rows(cache, Yb) * Xb.shape[0])
+                    c = _correct(net, cache[f"A{net.L}"], Yb)
+                    if c is not None:
+                        correct = c if correct is None else correct + c
+                    grads = net._grads_to_layout(net._backward_rows(cache, Yb))
+                    optimizer.step(net.params, grads)
+                    bar.update(1)
+            # One read-back per epoch: the batch losses (and the correct count).
+            batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
+            bad = numpy.flatnonzero(~numpy.isfinite(batch_losses))
+            if bad.size:
+                step = int(bad[0]) + 1
+                sizes = numpy.minimum(B, m - B * numpy.arange(steps))
+                finite = batch_losses[:bad[0]] / sizes[:bad[0]]
+                last = float(finite[-1]) if finite.size else (history.loss[-1] if history.loss else None)
+                raise TrainingDiverged(epoch, step, last)
+            loss = float(batch_losses.sum() / m)
+            acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
+            val_loss = val_acc = None
+            if Xv is not None:
+                val_loss, val_acc = _evaluate_rows(net, Xv, Yv)
+            seconds = time.perf_counter() - t0
+            history.append(epoch=epoch, loss=loss, accuracy=acc, val_loss=val_loss,
+                           val_accuracy=val_acc, seconds=seconds, samples_per_s=m / seconds)
+            postfix = {"loss": f"{loss:.4f}"}
+            if acc is not None:
+                postfix["acc"] = f"{acc:.3f}"
+            if val_loss is not None:
+                postfix["val_loss"] = f"{val_loss:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+
+            stop = False
+            if patience is not None:
+                if early["best_loss"] is None or val_loss < early["best_loss"]:
+                    early.update(best_loss=val_loss, best_epoch=epoch, bad_epochs=0,
+                                 best_params=_copy_params(net))
+                else:
+                    early["bad_epochs"] += 1
+                    stop = early["bad_epochs"] >= patience
+                history.best_epoch = early["best_epoch"]
+            if checkpoint is not None:
+                _write_checkpoint(checkpoint, net, optimizer, epoch, rng, history, early, config)
+            for cb in callbacks:
+                if cb(history.last(), net):
+                    stop = True
+            if stop:
+                history.stopped_early = True
+                break
+    finally:
+        bar.close()
+    if patience is not None and early["best_params"] is not None:
+        net.set_params(early["best_params"])
+    return history
