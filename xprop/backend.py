@@ -314,3 +314,30 @@ def dtype_kind(a) -> str:
             if xp.isdtype(a.dtype, kind):
                 return letter
         return "O"
+
+
+def gpu_info() -> list[dict]:
+    """Name and memory of every CUDA device CuPy can use (empty list if none).
+
+    Returns
+    -------
+    list of dict
+        ``{"id", "name", "total_bytes", "free_bytes", "pool_used_bytes",
+        "pool_total_bytes"}`` per device; the pool figures are CuPy's memory
+        pool, which keeps freed blocks for reuse (why ``nvidia-smi`` shows
+        more memory in use than live arrays need).
+    """
+    if not cupy_status()[0]:
+        return []
+    cupy = _import_cupy()
+    out = []
+    pool = cupy.get_default_memory_pool()
+    for i in range(cupy.cuda.runtime.getDeviceCount()):
+        props = cupy.cuda.runtime.getDeviceProperties(i)
+        with cupy.cuda.Device(i):
+            free, total = cupy.cuda.runtime.memGetInfo()
+        name = props["name"]
+        out.append({"id": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                    "total_bytes": int(total), "free_bytes": int(free),
+                    "pool_used_bytes": int(pool.used_bytes()), "pool_total_bytes": int(pool.total_bytes())})
+    return out
