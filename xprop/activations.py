@@ -39,12 +39,23 @@ class Activation(NamedTuple):
         keep Z away from there.
     hidden : bool
         Whether it may be used in hidden layers (softmax is output-only).
+    forward_into : callable ``(xp, Z, out) -> out``, optional
+        Fast override of ``forward`` writing into a preallocated buffer.
+    backward_inplace : callable ``(xp, dA, Z, A, tmp) -> dA``, optional
+        Fast override of ``backward`` that turns the buffer ``dA`` into
+        ``dZ`` in place (``tmp`` is a scratch buffer of the same shape).
+
+    The overrides use ``out=`` arguments, which NumPy and CuPy have and the
+    array API standard does not; the training step uses them on those two
+    backends only, and a test checks each against its plain reference.
     """
 
     forward: Callable
     backward: Callable
     kink: bool = False
     hidden: bool = True
+    forward_into: Callable | None = None
+    backward_inplace: Callable | None = None
 
 
 # sigmoid: σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)) = A(1 − A)
@@ -59,6 +70,13 @@ def sigmoid_backward(xp, dA, Z, A):
     return dA * A * (1 - A)
 
 
+def sigmoid_backward_inplace(xp, dA, Z, A, tmp):
+    xp.subtract(1, A, out=tmp)
+    tmp *= A
+    dA *= tmp                                   # dZ = dA ∘ A(1 − A)
+    return dA
+
+
 # tanh: tanh'(z) = 1 − tanh(z)² = 1 − A²
 def tanh(xp, Z):
     return xp.tanh(Z)
@@ -66,6 +84,17 @@ def tanh(xp, Z):
 
 def tanh_backward(xp, dA, Z, A):
     return dA * (1 - A * A)
+
+
+def tanh_into(xp, Z, out):
+    return xp.tanh(Z, out=out)
+
+
+def tanh_backward_inplace(xp, dA, Z, A, tmp):
+    xp.multiply(A, A, out=tmp)
+    xp.subtract(1, tmp, out=tmp)
+    dA *= tmp                                   # dZ = dA ∘ (1 − A²)
+    return dA
 
 
 # ReLU: max(z, 0);  relu'(z) = 1 for z > 0 else 0 (0 taken at the kink)
@@ -77,6 +106,15 @@ def relu_backward(xp, dA, Z, A):
     return xp.where(Z > 0, dA, 0.0)
 
 
+def relu_into(xp, Z, out):
+    return xp.maximum(Z, 0, out=out)
+
+
+def relu_backward_inplace(xp, dA, Z, A, tmp):
+    xp.multiply(dA, Z > 0, out=dA)             # dZ = dA ∘ [Z > 0]
+    return dA
+
+
 # leaky ReLU: z for z > 0 else 0.01·z;  derivative 1 or 0.01
 def leaky_relu(xp, Z):
     return xp.where(Z > 0, Z, LEAKY_SLOPE * Z)
@@ -86,12 +124,24 @@ def leaky_relu_backward(xp, dA, Z, A):
     return xp.where(Z > 0, dA, LEAKY_SLOPE * dA)
 
 
+def leaky_relu_backward_inplace(xp, dA, Z, A, tmp):
+    # g'(Z) = 0.01 + 0.99·[Z > 0]
+    xp.multiply(Z > 0, 1 - LEAKY_SLOPE, out=tmp)
+    tmp += LEAKY_SLOPE
+    dA *= tmp
+    return dA
+
+
 # identity: g(z) = z;  g' = 1
 def identity(xp, Z):
     return Z
 
 
 def identity_backward(xp, dA, Z, A):
+    return dA
+
+
+def identity_backward_inplace(xp, dA, Z, A, tmp):
     return dA
 
 
@@ -107,11 +157,16 @@ def softmax_backward(xp, dA, Z, A):
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "sigmoid": Activation(sigmoid, sigmoid_backward),
-    "tanh": Activation(tanh, tanh_backward),
-    "relu": Activation(relu, relu_backward, kink=True),
-    "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True),
-    "identity": Activation(identity, identity_backward),
+    "sigmoid": Activation(sigmoid, sigmoid_backward,
+                          backward_inplace=sigmoid_backward_inplace),
+    "tanh": Activation(tanh, tanh_backward,
+                       forward_into=tanh_into, backward_inplace=tanh_backward_inplace),
+    "relu": Activation(relu, relu_backward, kink=True,
+                       forward_into=relu_into, backward_inplace=relu_backward_inplace),
+    "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True,
+                             backward_inplace=leaky_relu_backward_inplace),
+    "identity": Activation(identity, identity_backward,
+                           backward_inplace=identity_backward_inplace),
     "softmax": Activation(softmax, softmax_backward, hidden=False),
 }
 

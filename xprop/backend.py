@@ -341,3 +341,9 @@ def gpu_info() -> list[dict]:
                     "total_bytes": int(total), "free_bytes": int(free),
                     "pool_used_bytes": int(pool.used_bytes()), "pool_total_bytes": int(pool.total_bytes())})
     return out
+
+
+def synchronize(xp) -> None:
+    """Wait for the device to finish queued work (no-op on the host)."""
+    if backend_name(xp) == "cupy":
+        _import_cupy().cuda.get_current_stream().synchronize()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .backend import get_xp
+from .fast import supports_fast_path
 from .validation import check_positive_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer"]
@@ -37,6 +38,8 @@ class Optimizer:
         self.lr = check_positive_number("lr", lr)
         self.t = 0
         self.state: dict = {}
+        self._xp: dict = {}
+        self._scratch: dict = {}   # one work buffer per parameter (fast path; not state)
 
     def step(self, params, grads):
         """Update ``params`` in place from ``grads``.
@@ -48,17 +51,31 @@ class Optimizer:
         grads : dict of str to array
             ``"dW1", "db1", ...``, each shaped like its parameter.
         """
-        missing = [f"d{name}" for name in params if f"d{name}" not in grads]
-        if missing:
+        if len(grads) < len(params) or any(f"d{name}" not in grads for name in params):
+            missing = [f"d{name}" for name in params if f"d{name}" not in grads]
             raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
         self.t += 1
         for name, p in params.items():
-            xp = get_xp(p)
-            if name not in self.state:
-                self.state[name] = {s: xp.zeros_like(p) for s in self.state_names}
-            self._update(xp, p, grads[f"d{name}"], self.state[name])
+            state = self.state.get(name)
+            if state is None:
+                xp = get_xp(p)
+                state = self.state[name] = {s: xp.zeros_like(p) for s in self.state_names}
+                self._xp[name] = xp
+            xp = self._xp[name]
+            if supports_fast_path(xp):
+                tmp = self._scratch.get(name)
+                if tmp is None:
+                    tmp = self._scratch[name] = xp.empty_like(p)
+                self._update_fast(xp, p, grads[f"d{name}"], state, tmp)
+            else:
+                self._update(xp, p, grads[f"d{name}"], state)
 
     def _update(self, xp, p, g, state):  # pragma: no cover - abstract
+        """The plain update (any array-API namespace): the reference."""
+        raise NotImplementedError
+
+    def _update_fast(self, xp, p, g, state, tmp):  # pragma: no cover - abstract
+        """The same update, operation for operation, into a scratch buffer (NumPy, CuPy)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
@@ -70,21 +87,26 @@ class Optimizer:
         return {"t": self.t, "arrays": out}
 
     def load_state_dict(self, state, params):
-        """Restore :meth:`state_dict` output onto the backend of ``params``."""
+        """Restore :meth:`state_dict` output onto the backend of ``params``.
+
+        The buffers are copied: the state is updated in place by later steps
+        and must not be shared with the optimizer it came from.
+        """
         self.t = int(state["t"])
-        self.state = {}
+        self.state, self._xp = {}, {}
         for key, value in state["arrays"].items():
             name, buf = key.split(".", 1)
             if name not in params:
                 raise ValueError(f"optimizer state names parameter {name!r}, which the net does not have")
             xp = get_xp(params[name])
-            arr = xp.asarray(value, dtype=params[name].dtype)
+            arr = xp.asarray(value, dtype=params[name].dtype, copy=True)
             if tuple(arr.shape) != tuple(params[name].shape):
                 raise ValueError(
                     f"optimizer state {key!r} has shape {tuple(arr.shape)} but parameter "
                     f"{name!r} has shape {tuple(params[name].shape)}"
                 )
             self.state.setdefault(name, {})[buf] = arr
+            self._xp[name] = xp
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -122,6 +144,22 @@ class SGD(Optimizer):
             v += g
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
+
+    def _update_fast(self, xp, p, g, state, tmp):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = state["v"]
+            v *= self.momentum
+            v += g
+            if self.nesterov:
+                xp.multiply(v, self.momentum, out=tmp)
+                tmp += g
+                g = tmp
+            else:
+                g = v
+        xp.multiply(g, self.lr, out=tmp)
+        p -= tmp
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -161,6 +199,25 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - b1 ** self.t)
         denom = xp.sqrt(v) / math.sqrt(1 - b2 ** self.t) + self.eps
         p -= step_size * (m / denom)
+
+    def _update_fast(self, xp, p, g, state, tmp):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        m, v = state["m"], state["v"]
+        m *= b1
+        xp.multiply(g, 1 - b1, out=tmp)
+        m += tmp
+        v *= b2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp /= math.sqrt(1 - b2 ** self.t)
+        tmp += self.eps
+        xp.divide(m, tmp, out=tmp)
+        tmp *= self.lr / (1 - b1 ** self.t)
+        p -= tmp
 
     def hyperparameters(self):
         return {"lr": self.lr, "betas": self.betas, "eps": self.eps,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy
 
 from .backend import to_numpy
+from .fast import TrainStep, supports_fast_path
 from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
 from .optim import Adam, Optimizer, make_optimizer
 from .validation import check_inputs, check_positive_int, check_targets
@@ -150,6 +151,18 @@ def _split_validation(net, X, Y, validation, rng):
         Yv = check_targets(net, validation[1], Xv.shape[0], name="validation Y")
         return X, Y, Xv, Yv
     raise TypeError(f"validation must be None, a fraction in (0, 1) or a pair (X_val, Y_val); got {type(validation).__name__}")
+
+
+def _reference_step(net):
+    """The plain step (any array-API namespace): the reference of :class:`TrainStep`."""
+
+    def step(X, Y):
+        _, cache = net._forward_rows(X)
+        J = net._cost_rows(cache, Y)
+        grads = net._grads_to_layout(net._backward_rows(cache, Y))
+        return J, cache[f"A{net.L}"], grads
+
+    return step
 
 
 def _copy_params(net):
@@ -288,6 +301,10 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         start, history, early = _read_checkpoint(checkpoint, net, optimizer, rng)
     config = {"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle), "seed": seed}
 
+    batch_sizes = numpy.minimum(B, m - B * numpy.arange(steps)).astype(numpy.float64)
+    step = TrainStep(net) if supports_fast_path(xp) else _reference_step(net)
+    labels = xp.argmax(Yr, axis=1) if net.output == "softmax" else None
+    preds = xp.empty((m,), dtype=xp.int64) if labels is not None else None
     bar = _progress_bar((epochs - start) * steps, progress)
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -296,30 +313,33 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
             if shuffle:
                 order = xp.asarray(rng.permutation(m))
                 Xs, Ys = _take(xp, Xr, order), _take(xp, Yr, order)
+                labels_s = None if labels is None else _take(xp, labels, order)
             else:
-                Xs, Ys = Xr, Yr
+                Xs, Ys, labels_s = Xr, Yr, labels
             losses, correct = [], None
             with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 for i in range(0, m, B):
                     Xb, Yb = Xs[i:i + B], Ys[i:i + B]
-                    _, cache = net._forward_rows(Xb)
-                    losses.append(net._cost_rows(cache, Yb) * Xb.shape[0])
-                    c = _correct(net, cache[f"A{net.L}"], Yb)
-                    if c is not None:
-                        correct = c if correct is None else correct + c
-                    grads = net._grads_to_layout(net._backward_rows(cache, Yb))
+                    J, AL, grads = step(Xb, Yb)
+                    losses.append(J)
+                    if labels is not None:                 # softmax: keep the predicted class
+                        preds[i:i + B] = xp.argmax(AL, axis=1)
+                    else:
+                        c = _correct(net, AL, Yb)
+                        if c is not None:
+                            correct = c if correct is None else correct + c
                     optimizer.step(net.params, grads)
                     bar.update(1)
+            if labels is not None:
+                correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
             # One read-back per epoch: the batch losses (and the correct count).
             batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
             bad = numpy.flatnonzero(~numpy.isfinite(batch_losses))
             if bad.size:
-                step = int(bad[0]) + 1
-                sizes = numpy.minimum(B, m - B * numpy.arange(steps))
-                finite = batch_losses[:bad[0]] / sizes[:bad[0]]
+                finite = batch_losses[:bad[0]]
                 last = float(finite[-1]) if finite.size else (history.loss[-1] if history.loss else None)
-                raise TrainingDiverged(epoch, step, last)
-            loss = float(batch_losses.sum() / m)
+                raise TrainingDiverged(epoch, int(bad[0]) + 1, last)
+            loss = float(batch_losses @ batch_sizes / m)   # mean over the epoch's examples
             acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
             val_loss = val_acc = None
             if Xv is not None:

@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""Training-step throughput of xprop against its matmul-only floor, PyTorch and scikit-learn.
+
+One "step" is a full SGD step on a mini-batch: forward, loss, backward, update.
+The contenders run interleaved, round by round, so a slow moment of a shared
+machine hits all of them alike; the table reports the median and the best
+round, and ratios per round (xprop / other), never a single absolute time.
+
+    python scripts/bench.py                       # the three reference configs, 1 thread
+    python scripts/bench.py --threads 1,2 --rounds 7 --json bench.json
+    python scripts/bench.py --sizes 784-512-10:256 --quick
+    python scripts/bench.py --backend cupy        # on a GPU
+
+Contenders
+----------
+xprop    ``xprop.fit`` with plain SGD (its per-epoch timer, i.e. the step fit runs)
+floor    only the matrix products of the same step, into preallocated buffers
+torch    PyTorch eager: nn.Sequential, cross-entropy, torch.optim.SGD (if installed)
+sklearn  MLPClassifier, one epoch of solver="sgd" (if installed; CPU only)
+
+PyTorch and scikit-learn are optional: the script says which it skipped and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import xprop  # noqa: E402
+from xprop.backend import backend_name, synchronize, to_numpy  # noqa: E402
+
+CONFIGS = [((784, 256, 128, 10), 128), ((784, 1024, 1024, 10), 512), ((64, 32, 10), 32)]
+
+
+def parse_sizes(text):
+    """``"784-256-10:128,64-32-10:32"`` -> [((784, 256, 10), 128), ...]."""
+    out = []
+    for item in text.split(","):
+        layers, _, batch = item.partition(":")
+        out.append((tuple(int(n) for n in layers.split("-")), int(batch or 128)))
+    return out
+
+
+def step_flops(sizes, batch):
+    """FLOPs of the step's matrix products: forward, dW, and dA except into the input."""
+    flops = 0
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        mults = 2 if l == 0 else 3
+        flops += mults * 2 * batch * n_in * n_out
+    return flops
+
+
+def make_data(sizes, batch, steps, seed=0):
+    rng = numpy.random.default_rng(seed)
+    m = batch * steps
+    X = rng.standard_normal((m, sizes[0])).astype(numpy.float32)
+    y = rng.integers(0, sizes[-1], m)
+    return X, y
+
+
+# ----------------------------------------------------------------- contenders
+class XpropRunner:
+    name = "xprop"
+
+    def __init__(self, sizes, batch, steps, backend, dtype):
+        self.net = xprop.MLP(list(sizes), activation="relu", output="softmax", backend=backend,
+                             dtype=dtype, seed=0)
+        self.opt = xprop.SGD(lr=0.01)
+        self.X, self.y = make_data(sizes, batch, steps)
+        self.batch = batch
+        xp = self.net.xp
+        self.X, self.y = xp.asarray(self.X), xp.asarray(self.y)  # data on the device once
+
+    def run(self):
+        h = xprop.fit(self.net, self.X, self.y, epochs=1, batch_size=self.batch,
+                      optimizer=self.opt, progress=False, seed=0)
+        return h.samples_per_s[-1]
+
+
+class FloorRunner:
+    """Only the GEMMs of a step, into preallocated outputs: what no step can beat."""
+
+    name = "floor"
+
+    def __init__(self, sizes, batch, steps, backend, dtype):
+        xp = self.xp = xprop.get_xp(backend)
+        rng = numpy.random.default_rng(0)
+        f = lambda *shape: xp.asarray(rng.standard_normal(shape).astype(dtype))  # noqa: E731
+        self.W = [f(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.A = [f(batch, n) for n in sizes]        # A_l buffers (A_0 = X)
+        self.Z = [None] + [f(batch, n) for n in sizes[1:]]
+        self.dW = [f(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.dA = [f(batch, n) for n in sizes]
+        self.steps, self.batch = steps, batch
+
+    def run(self):
+        xp, L = self.xp, len(self.W)
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            for l in range(L):
+                xp.matmul(self.A[l], self.W[l], out=self.Z[l + 1])
+            for l in range(L - 1, -1, -1):
+                xp.matmul(self.A[l].T, self.Z[l + 1], out=self.dW[l])
+                if l > 0:
+                    xp.matmul(self.Z[l + 1], self.W[l].T, out=self.dA[l])
+        synchronize(xp)
+        return self.steps * self.batch / (time.perf_counter() - t0)
+
+
+class TorchRunner:
+    name = "torch"
+
+    def __init__(self, sizes, batch, steps, backend, dtype):
+        import torch  # noqa: PLC0415
+
+        self.torch = torch
+        self.device = "cuda" if backend == "cupy" else "cpu"
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*layers).to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        self.loss = torch.nn.CrossEntropyLoss()
+        X, y = make_data(sizes, batch, steps)
+        self.X = torch.from_numpy(X).to(self.device)
+        self.y = torch.from_numpy(y).to(self.device)
+        self.steps, self.batch = steps, batch
+
+    def run(self):
+        torch = self.torch
+        t0 = time.perf_counter()
+        for i in range(self.steps):
+            xb = self.X[i * self.batch:(i + 1) * self.batch]
+            yb = self.y[i * self.batch:(i + 1) * self.batch]
+            self.opt.zero_grad(set_to_none=True)
+            self.loss(self.model(xb), yb).backward()
+            self.opt.step()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return self.steps * self.batch / (time.perf_counter() - t0)
+
+
+class SklearnRunner:
+    name = "sklearn"
+
+    def __init__(self, sizes, batch, steps, backend, dtype):
+        if backend == "cupy":
+            raise RuntimeError("scikit-learn's MLP runs on the CPU only")
+        from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
+
+        self.X, self.y = make_data(sizes, batch, steps)
+        self.clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu",
+                                 solver="sgd", learning_rate_init=0.01, momentum=0.0, alpha=0.0,
+                                 batch_size=batch, max_iter=1, shuffle=True, random_state=0)
+
+    def run(self):
+        from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            t0 = time.perf_counter()
+            self.clf.fit(self.X, self.y)
+            return len(self.X) / (time.perf_counter() - t0)
+
+
+RUNNERS = [XpropRunner, FloorRunner, TorchRunner, SklearnRunner]
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Pin BLAS (threadpoolctl) and PyTorch to ``n`` threads."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        threadpool_limits = None
+    torch = sys.modules.get("torch")
+    old = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(n)
+    ctx = threadpool_limits(limits=n) if threadpool_limits else contextlib.nullcontext()
+    with ctx:
+        yield
+    if torch:
+        torch.set_num_threads(old)
+
+
+def bench_config(sizes, batch, args, skipped):
+    # About 10 GFLOP of matrix products per round: ~0.1-0.3 s on a CPU core.
+    steps = args.steps or max(10, min(2000, int(1e10 / step_flops(sizes, batch))))
+    runners = []
+    for cls in RUNNERS:
+        if cls.name not in args.only:
+            continue
+        try:
+            runners.append(cls(sizes, batch, steps, args.backend, args.dtype))
+        except ImportError as exc:
+            skipped[cls.name] = f"not installed ({exc.name})"
+        except RuntimeError as exc:
+            skipped[cls.name] = str(exc)
+    results = {}
+    for n_threads in args.threads:
+        with threads(n_threads):
+            for r in runners:  # warm-up round, not counted
+                r.run()
+            rounds = {r.name: [] for r in runners}
+            for _ in range(args.rounds):
+                for r in runners:
+                    rounds[r.name].append(r.run())
+        results[n_threads] = rounds
+    return steps, results
+
+
+def summarise(sizes, batch, steps, results):
+    gflop = step_flops(sizes, batch) / batch / 1e9
+    rows = []
+    for n_threads, rounds in results.items():
+        x = rounds.get("xprop")
+        for name, values in rounds.items():
+            row = {"config": "-".join(map(str, sizes)), "batch": batch, "threads": n_threads,
+                   "contender": name, "median": statistics.median(values), "best": max(values),
+                   "gflops_median": statistics.median(values) * gflop, "rounds": values,
+                   "steps_per_round": steps}
+            if x is not None and name != "xprop":
+                per_round = [a / b for a, b in zip(x, values)]
+                row["xprop_ratio_median"] = statistics.median(per_round)
+                row["xprop_ratio_best"] = max(x) / max(values)
+            rows.append(row)
+    return rows
+
+
+def print_table(rows):
+    head = (f"{'config':<18} {'batch':>5} {'thr':>3} {'contender':<8} {'median/s':>11} "
+            f"{'best/s':>11} {'GFLOP/s':>8} {'xprop÷ med':>10} {'xprop÷ best':>11}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio_m = f"{r['xprop_ratio_median']:.2f}" if "xprop_ratio_median" in r else ""
+        ratio_b = f"{r['xprop_ratio_best']:.2f}" if "xprop_ratio_best" in r else ""
+        print(f"{r['config']:<18} {r['batch']:>5} {r['threads']:>3} {r['contender']:<8} "
+              f"{r['median']:>11,.0f} {r['best']:>11,.0f} {r['gflops_median']:>8.1f} "
+              f"{ratio_m:>10} {ratio_b:>11}")
+
+
+def environment(backend):
+    info = {"python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "numpy": numpy.__version__,
+            "xprop": xprop.__version__, "backend": backend}
+    for mod in ("torch", "sklearn"):
+        if mod in sys.modules:
+            info[mod] = sys.modules[mod].__version__
+    try:
+        from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+                        for d in threadpool_info()]
+    except ImportError:
+        pass
+    if backend == "cupy":
+        info["gpus"] = xprop.backend.gpu_info()
+    return info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=parse_sizes, help="configs like 784-256-128-10:128,64-32-10:32")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", default="1", help="comma-separated BLAS thread counts (default 1)")
+    p.add_argument("--rounds", type=int, default=5, help="counted rounds per contender (default 5)")
+    p.add_argument("--steps", type=int, default=None, help="steps per round (default: by config size)")
+    p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
+    p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
+    p.add_argument("--json", type=Path, default=None, help="write results and environment here")
+    args = p.parse_args(argv)
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.only = set(args.only.split(","))
+    if args.quick:
+        args.rounds, args.steps = 2, args.steps or 3
+    configs = args.sizes or CONFIGS
+    xprop.get_xp(args.backend)  # a clear error now if the backend is not usable
+
+    all_rows, skipped = [], {}
+    for sizes, batch in configs:
+        steps, results = bench_config(sizes, batch, args, skipped)
+        all_rows += summarise(sizes, batch, steps, results)
+    print_table(all_rows)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(args.backend), "rows": all_rows,
+                                         "skipped": skipped, "argv": sys.argv[1:]}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
