@@ -347,3 +347,17 @@ def synchronize(xp) -> None:
     """Wait for the device to finish queued work (no-op on the host)."""
     if backend_name(xp) == "cupy":
         _import_cupy().cuda.get_current_stream().synchronize()
+
+
+def fuse(fn):
+    """``cupy.fuse(fn)`` where CuPy imports, else ``fn`` itself.
+
+    A fused function called with NumPy arrays runs ``fn``'s Python body on
+    NumPy, so a kernel's body is tested against its reference on any machine;
+    called with CuPy arrays it runs as one compiled elementwise kernel.
+    """
+    try:
+        cupy = _import_cupy()
+    except Exception:  # CuPy absent or broken: the plain function serves
+        return fn
+    return functools.update_wrapper(cupy.fuse()(fn), fn)

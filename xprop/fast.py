@@ -22,6 +22,7 @@ NumPy and CuPy; other namespaces train through the plain reference.
 
 from __future__ import annotations
 
+from . import kernels
 from .backend import backend_name
 
 __all__ = ["TrainStep", "supports_fast_path"]
@@ -79,6 +80,8 @@ class TrainStep:
         self.net = net
         self._buffers = {}
         self._softmax_ce = net.output == "softmax" and net.loss == "cross_entropy"
+        # On CuPy the elementwise chains run as fused kernels (xprop.kernels).
+        self.use_kernels = backend_name(net.xp) == "cupy"
 
     def buffers(self, m) -> _Buffers:
         if m not in self._buffers:
@@ -118,7 +121,11 @@ class TrainStep:
             xp.log(S, out=S)
             S += M                                           # log Σ_j e^{Z_ij}, per row
             J = (xp.vdot(buf.ones, S) - xp.vdot(Y, Z)) / m
-            xp.subtract(AL, Y, out=dZ)                       # dZ_L = A_L − Y
+            if self.use_kernels:
+                dZ = kernels.output_delta(AL, Y, 1.0 / m)   # dZ_L / m = (A_L − Y) / m
+            else:
+                xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
+                dZ *= 1.0 / m                                # the 1/m of dW and db, once
         else:
             AL = g_out.forward(xp, Z)
             J = net._loss.value(xp, Z, AL, Y)
@@ -127,7 +134,7 @@ class TrainStep:
             else:
                 dA_L = net._loss.grad(xp, Z, AL, Y)
                 dZ[...] = g_out.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
-        dZ *= 1.0 / m                                        # the 1/m of dW and db, once
+            dZ *= 1.0 / m                                    # the 1/m of dW and db, once
 
         # ---- backward
         for l in range(L, 0, -1):
@@ -138,7 +145,10 @@ class TrainStep:
             if l > 1:
                 dA = xp.matmul(dZ, W.T, out=buf.dA[l - 1])   # dA_{l-1} = dZ_l W_lᵀ
                 Z_prev = buf.Z[l - 1]
-                if g.backward_inplace:                       # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
+                fused = kernels.BACKWARD.get(net.activation) if self.use_kernels else None
+                if fused is not None:                        # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
+                    dZ = fused(dA, Z_prev, A_prev)
+                elif g.backward_inplace:
                     dZ = g.backward_inplace(xp, dA, Z_prev, A_prev, buf.tmp[l - 1])
                 else:
                     dZ = g.backward(xp, dA, Z_prev, A_prev)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from .backend import get_xp
+from . import kernels
+from .backend import backend_name, get_xp
 from .fast import supports_fast_path
 from .validation import check_positive_number
 
@@ -40,6 +41,7 @@ class Optimizer:
         self.state: dict = {}
         self._xp: dict = {}
         self._scratch: dict = {}   # one work buffer per parameter (fast path; not state)
+        self.use_kernels = False   # fused CuPy kernels where a subclass has them
 
     def step(self, params, grads):
         """Update ``params`` in place from ``grads``.
@@ -59,6 +61,8 @@ class Optimizer:
             state = self.state.get(name)
             if state is None:
                 xp = get_xp(p)
+                if backend_name(xp) == "cupy":
+                    self.use_kernels = True
                 state = self.state[name] = {s: xp.zeros_like(p) for s in self.state_names}
                 self._xp[name] = xp
             xp = self._xp[name]
@@ -107,6 +111,7 @@ class Optimizer:
                 )
             self.state.setdefault(name, {})[buf] = arr
             self._xp[name] = xp
+            self.use_kernels = self.use_kernels or backend_name(xp) == "cupy"
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -205,6 +210,14 @@ class Adam(Optimizer):
         if self.weight_decay:
             g = g + self.weight_decay * p
         m, v = state["m"], state["v"]
+        if self.use_kernels:  # CuPy: the whole update as one fused kernel
+            new_p, new_m, new_v = kernels.adam_update(
+                p, g, m, v, b1, b2, math.sqrt(1 - b2 ** self.t), self.eps,
+                self.lr / (1 - b1 ** self.t))
+            xp.copyto(p, new_p)
+            xp.copyto(m, new_m)
+            xp.copyto(v, new_v)
+            return
         m *= b1
         xp.multiply(g, 1 - b1, out=tmp)
         m += tmp
