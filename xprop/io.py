@@ -114,6 +114,8 @@ def read_npz(path, kind: str = "model file") -> tuple[dict, dict]:
         meta = json.loads(str(arrays.pop(_META)))
     except (json.JSONDecodeError, TypeError) as exc:
         raise ModelFileError(f"{kind} {str(path)!r} has unreadable metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{kind} {str(path)!r} has unreadable metadata: not a JSON object")
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise ModelFileError(f"{kind} {str(path)!r} has no format version")
@@ -188,6 +190,8 @@ def load(path, backend="auto"):
                   init=arch.get("init"), layout=arch["layout"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"model file {str(path)!r} has an invalid architecture: {exc}") from None
+    if meta["kind"] == "checkpoint":  # weights beside optimizer state, as "param.<name>"
+        arrays = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
     host = params_from_arrays(net, arrays, path, "model file")
     net.set_params(host)
     net.metadata = meta.get("metadata", {})
