@@ -56,6 +56,7 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
     payload[_META] = numpy.array(json.dumps(meta))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
             numpy.savez(fh, **payload)
             fh.flush()
@@ -76,6 +77,12 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace(tmp, path):

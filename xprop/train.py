@@ -339,6 +339,9 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
                 finite = batch_losses[:bad[0]]
                 last = float(finite[-1]) if finite.size else (history.loss[-1] if history.loss else None)
                 raise TrainingDiverged(epoch, int(bad[0]) + 1, last)
+            if not all(bool(xp.all(xp.isfinite(p))) for p in net.params.values()):
+                # every loss was finite but the last update was not: do not checkpoint it
+                raise TrainingDiverged(epoch, steps, float(batch_losses[-1]))
             loss = float(batch_losses @ batch_sizes / m)   # mean over the epoch's examples
             acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
             val_loss = val_acc = None
