@@ -41,7 +41,7 @@ from .backend import (
     gpu_info,
     to_numpy,
 )
-from .datasets import _fit_scaler, apply_scaler, check_labels, load_data, load_digits
+from .datasets import fit_scaler, apply_scaler, check_labels, load_data, load_digits
 from .explain import explain
 from .gradcheck import compare_backends, gradcheck
 from .io import ModelFileError, load, read_npz
@@ -374,7 +374,7 @@ def cmd_train(args) -> int:
     # Data, scaled with statistics of the training split only.
     ds, where = _load_raw(args, seed=args.seed)
     method = None if args.standardize == "none" else args.standardize
-    scaler = None if method is None else _fit_scaler(ds.X_train, method)
+    scaler = None if method is None else fit_scaler(ds.X_train, method)
     X_train = apply_scaler(ds.X_train, scaler)
     X_test = None if ds.X_test is None else apply_scaler(ds.X_test, scaler)
     n_features, n_classes = ds.n_features, ds.n_classes

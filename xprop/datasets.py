@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "apply_scaler", "check_labels", "load_data", "load_digits"]
+__all__ = ["Dataset", "apply_scaler", "check_labels", "fit_scaler", "load_data", "load_digits"]
 
 DIGITS_PATH = Path(__file__).resolve().parent / "data" / "digits.npz"
 STANDARDIZE = (None, "minmax", "zscore")
@@ -185,7 +185,7 @@ def load_data(path, *, label_column=None, standardize=None, test_fraction=None, 
 
     scaler = None
     if standardize is not None:
-        scaler = _fit_scaler(X, standardize)
+        scaler = fit_scaler(X, standardize)
         X = apply_scaler(X, scaler)
         X_test = None if X_test is None else apply_scaler(X_test, scaler)
     return Dataset(X, y, X_test, y_test, name=path.name.split(".")[0], scaler=scaler)
@@ -235,7 +235,7 @@ def apply_scaler(X, scaler):
 # --------------------------------------------------------------------------- helpers
 
 
-def _fit_scaler(X, method):
+def fit_scaler(X, method):
     """Statistics of the train features for ``method`` ("minmax" or "zscore")."""
     if method == "minmax":
         shift, scale = X.min(axis=0), X.max(axis=0) - X.min(axis=0)
