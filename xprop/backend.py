@@ -22,6 +22,7 @@ any array-API namespace
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import types
@@ -148,6 +149,8 @@ def _cupy_module():
 def _namespace_of_array(a):
     if isinstance(a, numpy.ndarray):
         return numpy
+    if _is_cupy_array(a):  # cupy.ndarray (CuPy 14) has no __array_namespace__
+        return _import_cupy()
     get_ns = getattr(a, "__array_namespace__", None)
     if get_ns is not None:
         ns = get_ns()
@@ -281,7 +284,13 @@ def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
     if ns is not xp:
         if ns is numpy or _is_cupy_array(a):
             host = to_numpy(a)
-            a = host if xp is numpy else xp.asarray(host, device=device)
+            if xp is numpy:
+                a = host
+            elif backend_name(xp) == "cupy":  # cupy.asarray takes no device=; use the context
+                with device if device is not None else contextlib.nullcontext():
+                    a = xp.asarray(host)
+            else:
+                a = xp.asarray(host, device=device)
         else:
             raise TypeError(
                 f"{name} is a {_describe(a)} but the net runs on {backend_name(xp)}; "

@@ -68,6 +68,8 @@ def check_dtype_name(dtype) -> str:
 def check_seed(seed):
     if seed is not None and not _is_int(seed):
         raise TypeError(f"seed must be an integer or None; got {seed!r}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
     return seed
 
 
