@@ -125,7 +125,8 @@ class GpuTally:
         self.deselected += sum(1 for item in items if item.get_closest_marker("gpu") is not None)
 
     def pytest_runtest_logreport(self, report):
-        if "gpu" not in report.keywords:
+        # The marker itself, not report.keywords: a parametrize id "gpu" is a keyword too.
+        if ("xprop_gpu", True) not in report.user_properties:
             return
         if report.when == "call":
             if report.passed:
@@ -213,3 +214,12 @@ def kink_free_gradcheck(net, m, seeds=range(50)):
         if report.kinks == 0:
             return report, X, Y
     raise AssertionError(f"no data seed in {seeds} kept every ReLU pre-activation away from 0 for {net!r}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tag the reports of gpu-marked tests for the GPU tally."""
+    report = yield
+    if item.get_closest_marker("gpu") is not None:
+        report.user_properties.append(("xprop_gpu", True))
+    return report

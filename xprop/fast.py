@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from . import kernels
 from .backend import backend_name
+from .flat import flat_views
 
 __all__ = ["TrainStep", "supports_fast_path"]
 
@@ -43,20 +44,27 @@ class _Buffers:
         self.A = [None] + [empty(m, n) for n in sizes[1:]]
         self.dA = [None] + [empty(m, n) for n in sizes[1:]]   # dA_l, turned into dZ_l in place
         self.tmp = [None] + [empty(m, n) for n in sizes[1:]]
-        self.dW = [None] + [empty(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-        self.db = [None] + [empty(n) for n in sizes[1:]]
+        if net.layout == "rows":  # grads are views of one buffer, in the params' order
+            shapes = {}
+            for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+                shapes[f"dW{l}"], shapes[f"db{l}"] = (a, b), (b,)
+            flat = flat_views(xp, shapes, dt)
+            self.dW = [None] + [flat[f"dW{l}"] for l in range(1, L + 1)]
+            self.db = [None] + [flat[f"db{l}"] for l in range(1, L + 1)]
+        else:
+            self.dW = [None] + [empty(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+            self.db = [None] + [empty(n) for n in sizes[1:]]
         self.row_max = empty(m, 1)
         self.row_sum = empty(m, 1)
         self.ones = xp.ones((m,), dtype=dt)   # Σ_i as a matrix-vector product
         # The grads as the caller's layout sees them: views of the buffers.
-        self.grads = {}
-        for l in range(1, L + 1):
-            if net.layout == "columns":
+        if net.layout == "rows":
+            self.grads = flat
+        else:
+            self.grads = {}
+            for l in range(1, L + 1):
                 self.grads[f"dW{l}"] = self.dW[l].T
                 self.grads[f"db{l}"] = xp.reshape(self.db[l], (-1, 1))
-            else:
-                self.grads[f"dW{l}"] = self.dW[l]
-                self.grads[f"db{l}"] = self.db[l]
 
 
 class TrainStep:

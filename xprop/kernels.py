@@ -27,7 +27,9 @@ def relu_backward(dA, Z, A):
 
 @fuse
 def leaky_relu_backward(dA, Z, A):
-    return dA * ((1 - LEAKY_SLOPE) * (Z > 0) + LEAKY_SLOPE)
+    # dZ = dA ∘ (0.01 + 0.99·[Z > 0]), written so the scalars meet dA (keeping its
+    # dtype) before the boolean mask does: bool ∘ Python float would be float64.
+    return dA * LEAKY_SLOPE + (dA * (1 - LEAKY_SLOPE)) * (Z > 0)
 
 
 @fuse

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from .activations import get_activation
 from .backend import as_backend_array, backend_name, device_of, get_xp, to_numpy
+from .fast import supports_fast_path
+from .flat import flat_views
 from .init import INITS, default_init, initial_weights
 from .losses import DEFAULT_LOSS, LOSSES, get_loss
 from .validation import (
@@ -109,12 +111,18 @@ class MLP:
     def _set_params(self, host_layers):
         """Move host ``(W, b)`` pairs (row layout) onto the backend, in the layout."""
         xp = self.xp
-        self.params = {}
+        host = {}
         for l, (W, b) in enumerate(host_layers, start=1):
             if self.layout == "columns":
                 W, b = W.T, b.reshape(-1, 1)
-            self.params[f"W{l}"] = xp.asarray(W.astype(self.dtype_name, order="C"))
-            self.params[f"b{l}"] = xp.asarray(b.astype(self.dtype_name, order="C"))
+            host[f"W{l}"] = W.astype(self.dtype_name, order="C")
+            host[f"b{l}"] = b.astype(self.dtype_name, order="C")
+        if supports_fast_path(xp):  # one buffer, one view per parameter (see flat.py)
+            self.params = flat_views(xp, {k: v.shape for k, v in host.items()}, self.dtype)
+            for name, value in host.items():
+                self.params[name][...] = xp.asarray(value)
+        else:
+            self.params = {name: xp.asarray(value) for name, value in host.items()}
         self.device = device_of(self.params["W1"])
 
     @property
@@ -166,10 +174,10 @@ class MLP:
         return layers
 
     def set_params(self, params) -> None:
-        """Replace every parameter with a copy of ``params[name]`` (any backend).
+        """Copy ``params[name]`` (any backend) into every parameter, in place.
 
         Shapes must match this net's layout; all names are checked before any
-        parameter is replaced, so a failed call leaves the net unchanged.
+        parameter is written, so a failed call leaves the net unchanged.
         """
         xp, new = self.xp, {}
         for name, p in self.params.items():
@@ -179,8 +187,9 @@ class MLP:
                                  device=self.device)
             if tuple(a.shape) != tuple(p.shape):
                 raise ValueError(f"params[{name!r}] must have shape {tuple(p.shape)}; got {tuple(a.shape)}")
-            new[name] = xp.asarray(a, copy=True)
-        self.params.update(new)
+            new[name] = a
+        for name, a in new.items():
+            self.params[name][...] = a
 
     def save(self, path, metadata=None):
         """Write the net to a ``.npz`` model file (see :func:`xprop.load`)."""

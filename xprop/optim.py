@@ -41,6 +41,7 @@ class Optimizer:
         self.state: dict = {}
         self._xp: dict = {}
         self._scratch: dict = {}   # one work buffer per parameter (fast path; not state)
+        self._flat = None          # (params buffer, xp, state buffers, scratch) when flat
         self.use_kernels = False   # fused CuPy kernels where a subclass has them
 
     def step(self, params, grads):
@@ -57,6 +58,11 @@ class Optimizer:
             missing = [f"d{name}" for name in params if f"d{name}" not in grads]
             raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
         self.t += 1
+        flat = self._flat_plan(params, grads)
+        if flat is not None:  # every parameter in one buffer: one update for all
+            xp, flat_state, tmp = flat
+            self._update_fast(xp, params.flat, grads.flat, flat_state, tmp)
+            return
         for name, p in params.items():
             state = self.state.get(name)
             if state is None:
@@ -73,6 +79,39 @@ class Optimizer:
                 self._update_fast(xp, p, grads[f"d{name}"], state, tmp)
             else:
                 self._update(xp, p, grads[f"d{name}"], state)
+
+    def _flat_plan(self, params, grads):
+        """``(xp, flat_state, scratch)`` when params and grads are single buffers, else None.
+
+        The flat state buffers are built once per parameter buffer; the
+        per-parameter ``self.state`` entries become views of them (existing
+        state, e.g. from a checkpoint, is copied in), so ``state_dict`` and
+        checkpoints look the same either way.
+        """
+        flat_p, flat_g = getattr(params, "flat", None), getattr(grads, "flat", None)
+        if flat_p is None or flat_g is None:
+            return None
+        if self._flat is not None and self._flat[0] is flat_p:
+            return self._flat[1:]
+        xp = get_xp(flat_p)
+        if (not supports_fast_path(xp) or tuple(flat_g.shape) != tuple(flat_p.shape)
+                or list(grads) != [f"d{name}" for name in params]):
+            return None
+        flat_state = {s: xp.zeros_like(flat_p) for s in self.state_names}
+        offset = 0
+        for name, p in params.items():
+            n = int(p.size)
+            old = self.state.get(name, {})
+            views = {s: xp.reshape(flat_state[s][offset:offset + n], p.shape) for s in self.state_names}
+            for s, view in views.items():
+                if s in old:
+                    view[...] = old[s]
+            self.state[name] = views
+            self._xp[name] = xp
+            offset += n
+        self.use_kernels = backend_name(xp) == "cupy"
+        self._flat = (flat_p, xp, flat_state, xp.empty_like(flat_p))
+        return self._flat[1:]
 
     def _update(self, xp, p, g, state):  # pragma: no cover - abstract
         """The plain update (any array-API namespace): the reference."""
@@ -97,7 +136,7 @@ class Optimizer:
         and must not be shared with the optimizer it came from.
         """
         self.t = int(state["t"])
-        self.state, self._xp = {}, {}
+        self.state, self._xp, self._flat = {}, {}, None
         for key, value in state["arrays"].items():
             name, buf = key.split(".", 1)
             if name not in params:

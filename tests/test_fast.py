@@ -1,0 +1,179 @@
+"""Fast paths against their plain references.
+
+Every override in xprop (the buffered training step, in-place activation
+derivatives, whole-buffer optimizer updates, fused CuPy kernels run on NumPy)
+must compute what the plain code computes. Bounds come from the tolerance
+table's "fast" row; the optimizer paths are required to agree bit for bit,
+because they perform the same floating-point operations in the same order.
+"""
+
+import numpy as np
+import pytest
+
+import xprop
+from xprop import kernels
+from xprop.activations import ACTIVATIONS, HIDDEN
+from xprop.fast import TrainStep
+from xprop.flat import FlatDict
+from xprop.optim import SGD, Adam
+from xprop.tolerances import tolerance
+from xprop.train import _reference_step
+
+PAIRS = [("softmax", None), ("sigmoid", None), ("identity", None), ("tanh", "mse"),
+         ("sigmoid", "mse"), ("softmax", "mse")]
+
+
+def data(net, m, rng):
+    k, n_out = net.sizes[0], net.sizes[-1]
+    X = rng.standard_normal((m, k))
+    if net.output == "softmax":
+        Y = np.eye(n_out)[rng.integers(0, n_out, m)]
+    else:
+        Y = rng.random((m, n_out))
+    return X.astype(net.dtype_name), Y.astype(net.dtype_name)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("kernels_on", [False, True], ids=["buffers", "fused-kernels"])
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("output, loss", PAIRS, ids=[f"{o}-{l or 'natural'}" for o, l in PAIRS])
+@pytest.mark.parametrize("activation", HIDDEN)
+def test_train_step_equals_reference(activation, output, loss, dtype, layout, kernels_on):
+    rng = np.random.default_rng(7)
+    net = xprop.MLP([6, 5, 4, 3], activation=activation, output=output, loss=loss,
+                    backend="numpy", dtype=dtype, layout=layout, seed=2)
+    X, Y = data(net, 9, rng)
+    fast = TrainStep(net)
+    fast.use_kernels = kernels_on  # the kernels' bodies run on NumPy arrays here
+    J_ref, A_ref, g_ref = _reference_step(net)(X, Y)
+    for _ in range(2):  # the second call reuses the buffers
+        J, A, g = fast(X, Y)
+    bound = tolerance("fast", dtype)
+    assert set(g) == set(g_ref)
+    assert abs(float(J) - float(J_ref)) <= bound * max(1.0, abs(float(J_ref)))
+    assert rel(A, A_ref) <= bound
+    for name in g_ref:
+        assert g[name].shape == g_ref[name].shape and g[name].dtype == net.dtype
+        err = rel(g[name], g_ref[name])
+        assert err <= bound, f"{name}: fast vs reference {err:.2e} > {bound:.0e}"
+
+
+def test_train_step_buffers_are_reused_and_grads_are_one_buffer():
+    net = xprop.MLP([4, 3, 2], backend="numpy", dtype="float64", seed=0)
+    X, Y = data(net, 5, np.random.default_rng(0))
+    step = TrainStep(net)
+    _, _, g1 = step(X, Y)
+    _, _, g2 = step(X, Y)
+    assert g1 is g2 and isinstance(g1, FlatDict) and g1.flat is not None
+    assert all(np.shares_memory(g, g1.flat) for g in g1.values())
+    assert list(g1) == ["dW1", "db1", "dW2", "db2"]  # the params' order
+
+
+@pytest.mark.parametrize("name", [n for n in HIDDEN if n in kernels.BACKWARD])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_backward_kernel_equals_registry(name, dtype):
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((6, 5)).astype(dtype)
+    Z[np.abs(Z) < 1e-3] = 0.5  # away from the ReLU kink
+    act = ACTIVATIONS[name]
+    A = act.forward(np, Z)
+    dA = rng.standard_normal((6, 5)).astype(dtype)
+    out = kernels.BACKWARD[name](dA, Z, A)
+    assert out.dtype == np.dtype(dtype)
+    assert rel(out, act.backward(np, dA, Z, A)) <= tolerance("fast", dtype)
+
+
+@pytest.mark.parametrize("name", [n for n, a in ACTIVATIONS.items() if a.backward_inplace])
+def test_inplace_backward_equals_registry(name):
+    rng = np.random.default_rng(2)
+    Z = rng.standard_normal((6, 5))
+    act = ACTIVATIONS[name]
+    A = act.forward(np, Z)
+    dA = rng.standard_normal((6, 5))
+    expected = act.backward(np, dA, Z, A)
+    buf, tmp = dA.copy(), np.empty_like(dA)
+    out = act.backward_inplace(np, buf, Z, A, tmp)
+    assert out is buf
+    assert rel(out, expected) <= tolerance("fast", "float64")
+
+
+@pytest.mark.parametrize("name", [n for n, a in ACTIVATIONS.items() if a.forward_into])
+def test_forward_into_equals_forward(name):
+    Z = np.random.default_rng(3).standard_normal((4, 3))
+    act = ACTIVATIONS[name]
+    out = np.empty_like(Z)
+    assert act.forward_into(np, Z, out) is out
+    assert np.array_equal(out, act.forward(np, Z))
+
+
+def test_output_delta_kernel():
+    rng = np.random.default_rng(4)
+    A, Y = rng.random((5, 3)), rng.random((5, 3))
+    assert np.array_equal(kernels.output_delta(A, Y, 0.2), (A - Y) * 0.2)
+
+
+OPTIMIZERS = {
+    "sgd": lambda: SGD(lr=0.1),
+    "sgd-momentum-wd": lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": lambda: SGD(lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda: Adam(lr=1e-2),
+    "adam-wd": lambda: Adam(lr=1e-2, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("kernels_on", [False, True], ids=["ufuncs", "fused-kernels"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_flat_optimizer_equals_per_parameter_reference(make, dtype, kernels_on):
+    """One whole-buffer update == the plain per-parameter ``_update``, bit for bit."""
+    rng = np.random.default_rng(5)
+    net = xprop.MLP([4, 3, 2], backend="numpy", dtype=dtype, seed=0)
+    ref = {k: v.copy() for k, v in net.params.items()}
+    fast, plain = make(), make()
+    ref_state = {k: {s: np.zeros_like(v) for s in plain.state_names} for k, v in ref.items()}
+    for _ in range(4):
+        step = TrainStep(net)
+        grads = {f"d{k}": rng.standard_normal(v.shape).astype(dtype) for k, v in ref.items()}
+        flat_grads = step.buffers(3).grads
+        for k, g in grads.items():
+            flat_grads[k][...] = g
+        fast.step(net.params, flat_grads)
+        fast.use_kernels = kernels_on and isinstance(fast, Adam)
+        plain.t += 1
+        for k, p in ref.items():
+            plain._update(np, p, grads[f"d{k}"], ref_state[k])
+    assert fast._flat is not None, "the whole-buffer path was not taken"
+    for k in ref:
+        assert net.params[k].dtype == np.dtype(dtype)
+        assert np.array_equal(net.params[k], ref[k]), k
+        for s in fast.state_names:
+            assert np.array_equal(fast.state_dict()["arrays"][f"{k}.{s}"], ref_state[k][s])
+
+
+def test_params_are_views_of_one_buffer_until_a_key_is_replaced():
+    net = xprop.MLP([3, 4, 2], backend="numpy", seed=0)
+    flat = net.params.flat
+    assert flat.size == net.n_params
+    assert all(np.shares_memory(p, flat) for p in net.params.values())
+    before = net.params["W1"]
+    net.set_params({k: v * 2 for k, v in net.params.items()})  # copies into the views
+    assert net.params.flat is flat and net.params["W1"] is before
+    net.params["W1"] = np.zeros_like(before)                   # a new array: no longer one buffer
+    assert net.params.flat is None
+
+
+def test_optimizer_falls_back_when_params_are_not_one_buffer():
+    net = xprop.MLP([3, 4, 2], backend="numpy", seed=0, dtype="float64")
+    net.params["b2"] = net.params["b2"].copy()  # breaks the shared buffer
+    opt = SGD(lr=0.5)
+    grads = {f"d{k}": np.ones_like(v) for k, v in net.params.items()}
+    before = {k: v.copy() for k, v in net.params.items()}
+    opt.step(net.params, grads)
+    assert opt._flat is None
+    for k, v in net.params.items():
+        assert np.array_equal(v, before[k] - 0.5)
