@@ -414,3 +414,18 @@ def test_console_script_points_at_cli_main():
     if not scripts:
         pytest.skip("xprop is not installed as a distribution (no console_scripts entry)")
     assert next(iter(scripts)).value == "xprop.cli:main"
+
+
+def test_doctor_prints_one_line_per_check_and_its_verdict():
+    proc = subprocess.run([sys.executable, "-m", "xprop", "doctor"], capture_output=True, text=True,
+                          timeout=60)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("xprop doctor:"), proc.stdout
+    checks = lines[:-1]
+    assert {line.split()[1].rstrip(":") for line in checks} >= {"cupy-wheels", "cupy-device", "blas"}
+    assert all(line.split()[0] in ("OK", "INFO", "WARN", "FAIL") for line in checks)
+    failed = int(lines[-1].split(" failed")[0].rsplit(" ", 1)[-1])
+    assert proc.returncode == (1 if failed else 0)
+    as_json = subprocess.run([sys.executable, "-m", "xprop", "doctor", "--json"], capture_output=True,
+                             text=True, timeout=60)
+    assert len(json.loads(as_json.stdout)) == len(checks)

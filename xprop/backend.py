@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import types
+import warnings
 
 import numpy
 
@@ -332,7 +333,7 @@ def gpu_info() -> list[dict]:
     -------
     list of dict
         ``{"id", "name", "total_bytes", "free_bytes", "pool_used_bytes",
-        "pool_total_bytes"}`` per device; the pool figures are CuPy's memory
+        "pool_total_bytes", "pool_limit_bytes"}`` per device (limit 0: none); the pool figures are CuPy's memory
         pool, which keeps freed blocks for reuse (why ``nvidia-smi`` shows
         more memory in use than live arrays need).
     """
@@ -348,7 +349,8 @@ def gpu_info() -> list[dict]:
         name = props["name"]
         out.append({"id": i, "name": name.decode() if isinstance(name, bytes) else str(name),
                     "total_bytes": int(total), "free_bytes": int(free),
-                    "pool_used_bytes": int(pool.used_bytes()), "pool_total_bytes": int(pool.total_bytes())})
+                    "pool_used_bytes": int(pool.used_bytes()), "pool_total_bytes": int(pool.total_bytes()),
+                    "pool_limit_bytes": int(pool.get_limit())})
     return out
 
 
@@ -370,3 +372,80 @@ def fuse(fn):
     except Exception:  # CuPy absent or broken: the plain function serves
         return fn
     return functools.update_wrapper(cupy.fuse()(fn), fn)
+
+
+# --------------------------------------------------------------------------
+# Multi-GPU helpers for xprop.distributed (CuPy access stays behind this door)
+# --------------------------------------------------------------------------
+def device_count() -> int:
+    """Number of CUDA devices CuPy can use here (0 where CuPy is not usable)."""
+    if not cupy_status()[0]:
+        return 0
+    return int(_import_cupy().cuda.runtime.getDeviceCount())
+
+
+def gpu_bus_ids() -> list[str]:
+    """PCI bus id of every CUDA device this process sees, in device order.
+
+    Two processes that see the same GPU (whatever its index in each, e.g.
+    under different ``CUDA_VISIBLE_DEVICES``) get the same string.
+    """
+    if not cupy_status()[0]:
+        return []
+    cupy = _import_cupy()
+    return [str(cupy.cuda.Device(i).pci_bus_id) for i in range(device_count())]
+
+
+def use_device(index: int) -> None:
+    """Make CUDA device ``index`` current for this process (arrays made later live there)."""
+    _cupy_module().cuda.Device(int(index)).use()
+
+
+def device_index(device):
+    """Index of a CUDA device (``net.device`` of a CuPy net); None for the host."""
+    index = getattr(device, "id", None)
+    return None if index is None else int(index)
+
+
+def nccl_module():
+    """``cupy.cuda.nccl`` where CuPy is usable and the NCCL runtime loads, else None.
+
+    CuPy warns at import when libnccl is missing (install ``nvidia-nccl-cu12``);
+    that warning is swallowed here and the caller says what the absence means.
+    """
+    if not cupy_status()[0]:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from cupy.cuda import nccl  # noqa: PLC0415
+    except Exception:  # a broken or missing NCCL: no NCCL path
+        return None
+    return nccl if getattr(nccl, "available", False) else None
+
+
+def device_pointer(a) -> int:
+    """Address of a CuPy array's first element on the device (for NCCL calls)."""
+    return int(a.data.ptr)
+
+
+def current_stream_pointer() -> int:
+    """Handle of CuPy's current CUDA stream (for NCCL calls)."""
+    return int(_import_cupy().cuda.get_current_stream().ptr)
+
+
+def copy_to_host(a, out: numpy.ndarray) -> numpy.ndarray:
+    """Copy array ``a`` (NumPy or CuPy) into the host buffer ``out``; waits for the copy."""
+    if _is_cupy_array(a):
+        a.get(out=out)
+    else:
+        numpy.copyto(out, a)
+    return out
+
+
+def copy_from_host(host: numpy.ndarray, a) -> None:
+    """Copy the host buffer ``host`` into array ``a`` (NumPy or CuPy), in place."""
+    if _is_cupy_array(a):
+        a.set(host)
+    else:
+        numpy.copyto(a, host)

@@ -728,6 +728,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def cmd_doctor(args) -> int:
+    from . import doctor  # noqa: PLC0415
+
+    return doctor.main(["--json"] if args.json else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``xprop`` with every subcommand."""
     parser = _Parser(
@@ -846,6 +852,13 @@ def build_parser() -> argparse.ArgumentParser:
     # info
     p = add("info", "versions, usable backends, the GPU or why there is none")
     p.set_defaults(func=cmd_info)
+
+    # doctor
+    p = add("doctor", "look at this machine: driver vs CuPy wheel, devices, caches, MPI/NCCL, BLAS",
+            "One line per check with its fix; exit 1 when something is broken "
+            "(see xprop/doctor.py for every check).")
+    p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    p.set_defaults(func=cmd_doctor)
 
     # explain
     p = add("explain", "the forward and backward equations with concrete shapes",

@@ -147,6 +147,22 @@ class MLP:
                 f"loss={self.loss!r}, backend={self.backend!r}, dtype={self.dtype_name!r}, "
                 f"layout={self.layout!r})")
 
+    def __getstate__(self):
+        """Pickle as host arrays and the backend's name (modules do not pickle)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("xp", "dtype", "params", "device")}
+        state["host_params"] = {k: to_numpy(v).copy() for k, v in self.params.items()}
+        return state
+
+    def __setstate__(self, state):
+        host = state.pop("host_params")
+        self.__dict__.update(state)
+        self.xp = get_xp(self.backend)
+        self.dtype = getattr(self.xp, self.dtype_name)
+        layers = [(host[f"W{l}"], host[f"b{l}"]) for l in range(1, len(self.sizes))]
+        if self.layout == "columns":
+            layers = [(W.T, b.reshape(-1)) for W, b in layers]
+        self._set_params(layers)
+
     def to(self, backend=None, *, dtype=None) -> "MLP":
         """A copy of this net with the same weights on another backend or dtype.
 
