@@ -10,6 +10,7 @@ round, and ratios per round (xprop / other), never a single absolute time.
     python scripts/bench.py --threads 1,2 --rounds 7 --json bench.json
     python scripts/bench.py --sizes 784-512-10:256 --quick
     python scripts/bench.py --backend cupy        # on a GPU
+    python scripts/bench.py --distributed --ranks 1,2,4   # data-parallel over MPI (xprop[dist])
 
 Contenders
 ----------
@@ -19,6 +20,18 @@ torch    PyTorch eager: nn.Sequential, cross-entropy, torch.optim.SGD (if instal
 sklearn  MLPClassifier, one epoch of solver="sgd" (if installed; CPU only)
 
 PyTorch and scikit-learn are optional: the script says which it skipped and why.
+
+Distributed mode
+----------------
+``--distributed`` measures ``xprop.fit(..., distributed=True)``: for each
+count in ``--ranks`` the script starts itself under ``mpiexec -n N`` (the
+mpiexec beside this Python, else on PATH) and times one epoch per round at
+the same global batch. It reports samples/s, the speed-up over 1 rank, and
+the allreduce's share of the step (seconds inside the gradient allreduce,
+device synchronised around it, over the epoch's seconds; waiting for a
+slower rank counts as allreduce time). ``--threads`` is then the BLAS threads
+of each rank. docs/distributed.md turns these numbers into a model of
+multi-node scaling.
 """
 
 from __future__ import annotations
@@ -273,6 +286,101 @@ def environment(backend):
     return info
 
 
+# ----------------------------------------------------------------- distributed
+def dist_worker(args):
+    """One rank of ``--distributed``: time fit(distributed=True); rank 0 writes the results."""
+    from xprop import distributed  # noqa: PLC0415
+
+    ctx = distributed.init(gpu=args.backend == "cupy")
+    ctx.timing = True  # synchronise around the allreduce so its time is its own
+    rows = []
+    with threads(args.threads[0]):
+        for sizes, batch in (args.sizes or CONFIGS):
+            steps = args.steps or max(10, min(2000, int(1e10 / step_flops(sizes, batch))))
+            net = xprop.MLP(list(sizes), activation="relu", output="softmax", backend=args.backend,
+                            dtype=args.dtype, seed=0)
+            X, y = make_data(sizes, batch, steps)
+            X, y = net.xp.asarray(X), net.xp.asarray(y)
+            opt = xprop.SGD(lr=0.01)
+            per_round = []
+            for i in range(args.rounds + 1):  # the first round warms up and is not counted
+                ctx.stats.update(allreduce_calls=0, allreduce_seconds=0.0)
+                h = xprop.fit(net, X, y, epochs=1, batch_size=batch, optimizer=opt, progress=False,
+                              seed=i, distributed=True)
+                mine = (h.seconds[-1], ctx.stats["allreduce_seconds"], ctx.stats["allreduce_calls"])
+                everyone = ctx.comm.gather(mine, root=0)
+                if i and ctx.is_root:
+                    per_round.append(everyone)
+            if ctx.is_root:
+                nbytes = net.n_params * numpy.dtype(args.dtype).itemsize
+                epoch_s = [r[0][0] for r in per_round]                       # rank 0's clock
+                ar_s = [statistics.mean(x[1] for x in r) for r in per_round]  # mean over ranks
+                calls = per_round[0][0][2]
+                rows.append({"config": "-".join(map(str, sizes)), "batch": batch, "ranks": ctx.size,
+                             "steps": calls, "param_bytes": nbytes,
+                             "samples_per_s": [batch * steps / t for t in epoch_s],
+                             "step_s": statistics.median(epoch_s) / calls,
+                             "allreduce_s": statistics.median(ar_s) / calls,
+                             "allreduce_share": statistics.median(a / t for a, t in zip(ar_s, epoch_s)),
+                             "path": "nccl" if args.backend == "cupy" else "mpi"})
+    if ctx.is_root:
+        Path(args.dist_worker).write_text(json.dumps(rows))
+    return 0
+
+
+def dist_main(args, argv):
+    """``--distributed``: run :func:`dist_worker` under mpiexec for every rank count."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from xprop import distributed  # noqa: PLC0415
+
+    mpiexec = distributed.find_mpiexec()
+    if mpiexec is None:
+        print(f"--distributed needs mpiexec: {distributed.INSTALL_HINT}", file=sys.stderr)
+        return 2
+    passed = [a for a in argv if a not in ("--distributed",)]
+    passed = [a for i, a in enumerate(passed)
+              if not (a.startswith("--ranks") or (i and passed[i - 1] == "--ranks")
+                      or a.startswith("--json") or (i and passed[i - 1] == "--json"))]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads[0]),
+               OPENBLAS_NUM_THREADS=str(args.threads[0]), MKL_NUM_THREADS=str(args.threads[0]))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.ranks:
+            out = Path(tmp) / f"ranks{n}.json"
+            cmd = [mpiexec, "-n", str(n), sys.executable, str(Path(__file__).resolve()), *passed,
+                   "--dist-worker", str(out)]
+            print(f"$ {' '.join(cmd)}", flush=True)
+            proc = subprocess.run(cmd, env=env)
+            if proc.returncode != 0:
+                print(f"the {n}-rank run failed (exit {proc.returncode})", file=sys.stderr)
+                return proc.returncode
+            rows += json.loads(out.read_text())
+    base = {(r["config"], r["batch"]): statistics.median(r["samples_per_s"]) for r in rows if r["ranks"] == 1}
+    head = (f"{'config':<18} {'batch':>5} {'ranks':>5} {'median/s':>11} {'speed-up':>8} "
+            f"{'step ms':>8} {'allred ms':>9} {'allred %':>8} {'MB/step':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        med = statistics.median(r["samples_per_s"])
+        one = base.get((r["config"], r["batch"]))
+        r["speedup"] = med / one if one else None
+        speedup = f"{r['speedup']:.2f}" if one else ""
+        print(f"{r['config']:<18} {r['batch']:>5} {r['ranks']:>5} {med:>11,.0f} "
+              f"{speedup:>8} {r['step_s'] * 1e3:>8.2f} "
+              f"{r['allreduce_s'] * 1e3:>9.3f} {100 * r['allreduce_share']:>7.1f}% "
+              f"{r['param_bytes'] / 1e6:>7.2f}")
+    print(f"{args.threads[0]} BLAS thread(s) per rank; allreduce = seconds in the gradient "
+          "allreduce (waiting for the slowest rank included) / epoch seconds")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(args.backend), "distributed": rows,
+                                         "argv": sys.argv[1:]}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=parse_sizes, help="configs like 784-256-128-10:128,64-32-10:32")
@@ -284,6 +392,10 @@ def main(argv=None):
     p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
     p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
     p.add_argument("--json", type=Path, default=None, help="write results and environment here")
+    p.add_argument("--distributed", action="store_true",
+                   help="time fit(distributed=True) under mpiexec at each of --ranks (needs xprop[dist])")
+    p.add_argument("--ranks", default="1,2", help="rank counts for --distributed (default 1,2)")
+    p.add_argument("--dist-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
     args.only = set(args.only.split(","))
@@ -291,6 +403,11 @@ def main(argv=None):
         args.rounds, args.steps = 2, args.steps or 3
     configs = args.sizes or CONFIGS
     xprop.get_xp(args.backend)  # a clear error now if the backend is not usable
+    if args.dist_worker:
+        return dist_worker(args)
+    if args.distributed:
+        args.ranks = [int(n) for n in args.ranks.split(",")]
+        return dist_main(args, sys.argv[1:] if argv is None else list(argv))
 
     all_rows, skipped = [], {}
     for sizes, batch in configs:

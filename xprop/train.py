@@ -11,6 +11,11 @@ The batch losses stay on the device and are read back once per epoch, so a
 GPU step never waits for the host. A non-finite loss stops training with an
 error naming the epoch and step; the checkpoint of the last good epoch is not
 touched.
+
+With ``distributed=True`` the same loop runs on every MPI rank over its share
+of each batch, with one allreduce of the gradients before each optimizer step
+(:mod:`xprop.distributed`, docs/distributed.md); without it, the loop above is
+untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import numpy
 
+from . import distributed as _dist
 from .backend import to_numpy
 from .fast import TrainStep, supports_fast_path
 from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
@@ -106,18 +112,38 @@ def _outputs_per_example(net) -> int:
     return net.sizes[-1] if net.output == "sigmoid" else 1
 
 
-def _evaluate_rows(net, X, Y, chunk: int = 4096):
-    """Mean loss and accuracy over row-layout ``X, Y`` (device arrays), in chunks."""
-    m = X.shape[0]
+def _evaluate_sums(net, X, Y, chunk: int = 4096):
+    """Summed loss and correct count over row-layout ``X, Y`` (device arrays), in chunks."""
     total, correct = 0.0, 0
-    for i in range(0, m, chunk):
+    for i in range(0, X.shape[0], chunk):
         Xc, Yc = X[i:i + chunk], Y[i:i + chunk]
         _, cache = net._forward_rows(Xc)
         total += float(net._cost_rows(cache, Yc)) * Xc.shape[0]
         c = _correct(net, cache[f"A{net.L}"], Yc)
         correct = None if c is None else correct + int(c)
+    return total, correct
+
+
+def _evaluate_rows(net, X, Y, chunk: int = 4096):
+    """Mean loss and accuracy over row-layout ``X, Y`` (device arrays), in chunks."""
+    m = X.shape[0]
+    total, correct = _evaluate_sums(net, X, Y, chunk)
     acc = None if correct is None else correct / (m * _outputs_per_example(net))
     return total / m, acc
+
+
+def _evaluate_sharded(net, ctx, X, Y):
+    """:func:`_evaluate_rows` with the rows split over the ranks and the sums reduced.
+
+    Every rank gets the same (loss, accuracy): the global sums, one allreduce.
+    """
+    m = X.shape[0]
+    lo, hi = _dist.shard_bounds(m, ctx.size, ctx.rank)
+    total, correct = _evaluate_sums(net, X[lo:hi], Y[lo:hi]) if hi > lo else (0.0, 0)
+    total, correct_sum = ctx.allreduce_sum([total, correct or 0])
+    counts = net.output in ("softmax", "sigmoid")
+    acc = float(correct_sum) / (m * _outputs_per_example(net)) if counts else None
+    return float(total) / m, acc
 
 
 def evaluate(net, X, Y) -> dict:
@@ -218,8 +244,73 @@ def _progress_bar(total, enabled, initial=0):
                 unit="step", dynamic_ncols=True, leave=True)
 
 
+def _signature(net, Xr, Yr, epochs, batch_size, optimizer, validation, shuffle, seed, checkpoint,
+               resume, patience) -> dict:
+    """What must be equal on every rank of a distributed fit (compared by ``DataParallel.agree``)."""
+    xp = net.xp
+    if isinstance(validation, (tuple, list)):
+        validation = [list(numpy.shape(v)) for v in validation]
+    return {
+        "architecture": {k: v for k, v in architecture(net).items() if k not in ("seed", "init")},
+        "backend": net.backend, "X": _dist.sample_digest(xp, Xr), "Y": _dist.sample_digest(xp, Yr),
+        "epochs": epochs, "batch_size": batch_size, "shuffle": bool(shuffle), "seed": seed,
+        "validation": validation, "patience": patience, "checkpoint": checkpoint is not None,
+        "resume": bool(resume), "optimizer": [optimizer.name, optimizer.hyperparameters()],
+    }
+
+
+def _distributed_epoch(net, dp, step, optimizer, Xl, Yl, bar):
+    """One epoch of data-parallel steps on this rank's rows ``Xl, Yl`` (see xprop.distributed).
+
+    Step ``s`` trains on rows ``offsets[s]:offsets[s+1]`` of ``Xl``: this rank's
+    ``m_r`` examples of the global batch of ``B_s``. The step writes the mean
+    gradient of those rows into the flat buffer, which is scaled by
+    ``m_r / B_s`` and summed over the ranks by one allreduce: the mean
+    gradient of the whole global batch, on every rank, before the update.
+
+    Returns
+    -------
+    batch_losses : ndarray (steps,) float64
+        The global batch losses ``J_s = Σ_r (m_r / B_s) J_rs``, equal on every
+        rank. A NaN or inf on any rank makes the sum non-finite, so every rank
+        sees the divergence at the same step.
+    correct : int or None
+        Correct predictions over the epoch, all ranks together.
+    """
+    xp, plan, flat, grads = net.xp, dp.plan, dp.grads.flat, dp.grads.grads
+    offsets, weights = plan.offsets, plan.weights
+    losses, correct = [], None
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for s in range(plan.steps):
+            lo, hi = offsets[s], offsets[s + 1]
+            if hi > lo:
+                Yb = Yl[lo:hi]
+                J, AL, _ = step(Xl[lo:hi], Yb)     # dW_l, db_l land in the flat buffer
+                losses.append(J)
+                c = _correct(net, AL, Yb)
+                if c is not None:
+                    correct = c if correct is None else correct + c
+                if weights[s] != 1.0:
+                    flat *= weights[s]                # (1/m_r) Σ_shard → (1/B_s) Σ_shard
+            else:
+                flat[...] = 0                         # no rows in this batch: weight 0
+            dp.allreduce()                            # Σ_r: (1/B_s) Σ over the global batch
+            optimizer.step(net.params, grads)
+            bar.update(1)
+    # One read-back and one small allreduce per epoch: weighted batch losses and the correct count.
+    local = numpy.zeros(plan.steps + 1)
+    if losses:
+        local[plan.nonempty] = (to_numpy(xp.stack(losses)).astype(numpy.float64)
+                                * numpy.asarray(weights)[plan.nonempty])
+    local[-1] = 0 if correct is None else int(correct)
+    total = dp.ctx.allreduce_sum(local)
+    counts = net.output in ("softmax", "sigmoid")
+    return total[:-1], (int(total[-1]) if counts else None)
+
+
 def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
-        seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None):
+        seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None,
+        distributed=False):
     """Train ``net`` in place with mini-batch gradient descent.
 
     Parameters
@@ -257,6 +348,18 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     callbacks : list of callable, optional
         Called as ``cb(record, net)`` after each epoch with the epoch's record
         (a dict); a callback returning True stops training.
+    distributed : bool
+        Data-parallel training over MPI (see :mod:`xprop.distributed` and
+        docs/distributed.md): run the same script under ``mpiexec -n N``, with
+        the full ``X, Y`` and the same arguments on every rank. Every rank
+        starts from rank 0's weights and trains on its share of each global
+        batch of ``batch_size``; the gradients are averaged over the whole
+        batch before every step, so the updates are those of one process
+        (up to rounding). Only rank 0 shows progress and writes the
+        checkpoint; on resume every rank reads it. Validation metrics and the
+        reported training loss are global (summed over ranks); the History
+        is the same on every rank except the timings. ``seed=None`` is drawn
+        on rank 0. A failure on one rank aborts all of them.
 
     Returns
     -------
@@ -265,9 +368,12 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     Raises
     ------
     TrainingDiverged
-        The loss became NaN or inf (names epoch, step and last finite loss).
+        The loss became NaN or inf (names epoch, step and last finite loss);
+        with ``distributed=True``, on every rank alike.
+    xprop.distributed.DistributedError
+        Ranks were called with different arguments or data, or cannot get a
+        GPU of their own (raised on every rank alike).
     """
-    xp = net.xp
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     if patience is not None:
@@ -283,10 +389,29 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     callbacks = list(callbacks or [])
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path> to resume from")
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    args = (net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, progress,
+            checkpoint, resume, patience, callbacks)
+    if not distributed:
+        return _fit(*args, None)
+    ctx = _dist.init()
+    with ctx.fail_fast(passthrough=(TrainingDiverged,)):
+        return _fit(*args, ctx)
 
+
+def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, progress,
+         checkpoint, resume, patience, callbacks, ctx):
+    """The body of :func:`fit`, arguments checked; ``ctx`` is the MPI context or None."""
+    xp = net.xp
     # Data: checked once, moved to the backend once.
     Xr = check_inputs(net, X)
     Yr = check_targets(net, Y, Xr.shape[0])
+    dp = None
+    if ctx is not None:   # the same call on every rank, the same seed, one gradient buffer
+        dp = _dist.DataParallel(ctx, net)
+        seed = dp.agree(_signature(net, Xr, Yr, epochs, batch_size, optimizer, validation, shuffle,
+                                   seed, checkpoint, resume, patience), seed)
     split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
     Xr, Yr, Xv, Yv = _split_validation(net, Xr, Yr, validation, numpy.random.default_rng(split_seq))
     rng = numpy.random.default_rng(shuffle_seq)
@@ -297,43 +422,59 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     history = History()
     early = {"best_loss": None, "best_epoch": None, "bad_epochs": 0, "best_params": None}
     start = 0
-    if resume and Path(checkpoint).exists():
+    resumed = resume and Path(checkpoint).exists()
+    if dp is not None:    # rank 0's file system decides; every rank then reads the file
+        resumed = ctx.bcast(resumed)
+    if resumed:
         start, history, early = _read_checkpoint(checkpoint, net, optimizer, rng)
     config = {"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle), "seed": seed}
+    if dp is not None:
+        if not resumed:
+            dp.broadcast_params(net)               # every rank starts from rank 0's weights
+        dp.check_same_state(net, optimizer, rng, resumed)
+        config["ranks"] = ctx.size
+        progress = progress and ctx.is_root
 
     batch_sizes = numpy.minimum(B, m - B * numpy.arange(steps)).astype(numpy.float64)
     step = TrainStep(net) if supports_fast_path(xp) else _reference_step(net)
-    labels = xp.argmax(Yr, axis=1) if net.output == "softmax" else None
+    if dp is not None:
+        dp.prepare(step, m, B)
+    labels = xp.argmax(Yr, axis=1) if net.output == "softmax" and dp is None else None
     preds = xp.empty((m,), dtype=xp.int64) if labels is not None else None
     bar = _progress_bar((epochs - start) * steps, progress)
     try:
         for epoch in range(start + 1, epochs + 1):
             bar.set_description(f"epoch {epoch}/{epochs}")
             t0 = time.perf_counter()
-            if shuffle:
-                order = xp.asarray(rng.permutation(m))
-                Xs, Ys = _take(xp, Xr, order), _take(xp, Yr, order)
-                labels_s = None if labels is None else _take(xp, labels, order)
+            if dp is not None:
+                order = rng.permutation(m) if shuffle else None
+                batch_losses, correct = _distributed_epoch(net, dp, step, optimizer,
+                                                           *dp.local_rows(Xr, Yr, order), bar)
             else:
-                Xs, Ys, labels_s = Xr, Yr, labels
-            losses, correct = [], None
-            with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                for i in range(0, m, B):
-                    Xb, Yb = Xs[i:i + B], Ys[i:i + B]
-                    J, AL, grads = step(Xb, Yb)
-                    losses.append(J)
-                    if labels is not None:                 # softmax: keep the predicted class
-                        preds[i:i + B] = xp.argmax(AL, axis=1)
-                    else:
-                        c = _correct(net, AL, Yb)
-                        if c is not None:
-                            correct = c if correct is None else correct + c
-                    optimizer.step(net.params, grads)
-                    bar.update(1)
-            if labels is not None:
-                correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
-            # One read-back per epoch: the batch losses (and the correct count).
-            batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
+                if shuffle:
+                    order = xp.asarray(rng.permutation(m))
+                    Xs, Ys = _take(xp, Xr, order), _take(xp, Yr, order)
+                    labels_s = None if labels is None else _take(xp, labels, order)
+                else:
+                    Xs, Ys, labels_s = Xr, Yr, labels
+                losses, correct = [], None
+                with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                    for i in range(0, m, B):
+                        Xb, Yb = Xs[i:i + B], Ys[i:i + B]
+                        J, AL, grads = step(Xb, Yb)
+                        losses.append(J)
+                        if labels is not None:                 # softmax: keep the predicted class
+                            preds[i:i + B] = xp.argmax(AL, axis=1)
+                        else:
+                            c = _correct(net, AL, Yb)
+                            if c is not None:
+                                correct = c if correct is None else correct + c
+                        optimizer.step(net.params, grads)
+                        bar.update(1)
+                if labels is not None:
+                    correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
+                # One read-back per epoch: the batch losses (and the correct count).
+                batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
             bad = numpy.flatnonzero(~numpy.isfinite(batch_losses))
             if bad.size:
                 finite = batch_losses[:bad[0]]
@@ -346,7 +487,8 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
             acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
             val_loss = val_acc = None
             if Xv is not None:
-                val_loss, val_acc = _evaluate_rows(net, Xv, Yv)
+                val_loss, val_acc = (_evaluate_rows(net, Xv, Yv) if dp is None
+                                     else _evaluate_sharded(net, ctx, Xv, Yv))
             seconds = time.perf_counter() - t0
             history.append(epoch=epoch, loss=loss, accuracy=acc, val_loss=val_loss,
                            val_accuracy=val_acc, seconds=seconds, samples_per_s=m / seconds)
@@ -366,11 +508,13 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
                     early["bad_epochs"] += 1
                     stop = early["bad_epochs"] >= patience
                 history.best_epoch = early["best_epoch"]
-            if checkpoint is not None:
+            if checkpoint is not None and (dp is None or ctx.is_root):
                 _write_checkpoint(checkpoint, net, optimizer, epoch, rng, history, early, config)
             for cb in callbacks:
                 if cb(history.last(), net):
                     stop = True
+            if dp is not None:                # a callback may stop one rank: stop them all
+                stop = ctx.any(stop)
             if stop:
                 history.stopped_early = True
                 break
