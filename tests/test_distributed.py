@@ -18,6 +18,7 @@ tolerance table bounds; ranks against each other must agree bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -546,10 +547,18 @@ def two_ranks(tmp_path_factory):
 
 
 def one_process(optimizer, batch, validation):
+    """The reference: plain fit here, with one BLAS thread like each rank (so that a
+    bit-for-bit comparison does not depend on how a BLAS splits work between threads)."""
     X, y = worker.digits()
     net = worker.make_net(100)
-    history = xprop.fit(net, X, y, epochs=EPOCHS, batch_size=batch, optimizer=worker.make_optimizer(optimizer),
-                        validation=validation, seed=0, progress=False)
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        threadpool_limits = None
+    with threadpool_limits(limits=1) if threadpool_limits else contextlib.nullcontext():
+        history = xprop.fit(net, X, y, epochs=EPOCHS, batch_size=batch,
+                            optimizer=worker.make_optimizer(optimizer), validation=validation,
+                            seed=0, progress=False)
     return net, history
 
 
