@@ -115,7 +115,10 @@ def test_history_records_every_epoch(digits_run):
     assert all(0 <= a <= 1 for a in history.accuracy + history.val_accuracy)
     assert history.best_epoch is None and history.stopped_early is False
     assert set(history.last()) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
-                                   "seconds", "samples_per_s"}
+                                   "seconds", "samples_per_s", "memory_used_bytes",
+                                   "memory_total_bytes"}
+    # NumPy has no memory pool to report
+    assert history.memory_used_bytes == [None] * 30 == history.memory_total_bytes
     assert history.last()["epoch"] == 30 and history.last()["loss"] == history.loss[-1]
 
 

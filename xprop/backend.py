@@ -251,6 +251,10 @@ def _describe(a) -> str:
     return f"{where} array on device {device_of(a)}"
 
 
+# Host↔device moves made at the door so far (see strict_device).
+TRANSFERS = 0
+
+
 def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
     """Bring one input array through the door into namespace ``xp``.
 
@@ -272,6 +276,7 @@ def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
     device : optional
         The device the result must be on (the net's parameters' device).
     """
+    global TRANSFERS
     ns = _namespace_of_array(a)
     if ns is None:
         if isinstance(a, (list, tuple)) or numpy.isscalar(a):
@@ -284,6 +289,7 @@ def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
             )
     if ns is not xp:
         if ns is numpy or _is_cupy_array(a):
+            TRANSFERS += 1
             host = to_numpy(a)
             if xp is numpy:
                 a = host
@@ -449,3 +455,42 @@ def copy_from_host(host: numpy.ndarray, a) -> None:
         a.set(host)
     else:
         numpy.copyto(a, host)
+
+
+@contextlib.contextmanager
+def strict_device(xp, enabled: bool = True):
+    """A region where host↔device copies and device synchronisation are errors.
+
+    On CuPy, ``cupyx.allow_synchronize(False)`` turns any synchronising call
+    (``.get()``, ``float()``, ``.item()``, implicit conversions) into an
+    error, and a move through :func:`as_backend_array` inside the region is
+    refused when it ends. On NumPy there is no device: nothing to check.
+    """
+    if not enabled or backend_name(xp) != "cupy":
+        yield
+        return
+    import cupyx  # noqa: PLC0415  (part of the CuPy package this module owns)
+
+    before = TRANSFERS
+    with cupyx.allow_synchronize(False):
+        yield
+    if TRANSFERS != before:
+        raise RuntimeError(
+            f"strict_device: {TRANSFERS - before} host/device transfer(s) happened inside a "
+            "training step; move the data to the device before the call"
+        )
+
+
+def memory_pool_bytes(xp):
+    """``(used, total)`` bytes of CuPy's default memory pool; ``(None, None)`` elsewhere."""
+    if backend_name(xp) != "cupy":
+        return None, None
+    pool = _import_cupy().get_default_memory_pool()
+    return int(pool.used_bytes()), int(pool.total_bytes())
+
+
+def set_memory_limit(xp, nbytes: int) -> None:
+    """Cap CuPy's default memory pool at ``nbytes`` (CuPy backend only)."""
+    if backend_name(xp) != "cupy":
+        raise ValueError(f"gpu_mem_limit applies to the cupy backend; this net runs on {backend_name(xp)}")
+    _import_cupy().get_default_memory_pool().set_limit(size=int(nbytes))

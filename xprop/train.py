@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy
 
 from . import distributed as _dist
-from .backend import to_numpy
+from .backend import memory_pool_bytes, set_memory_limit, strict_device, to_numpy
 from .fast import TrainStep, supports_fast_path
 from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
 from .optim import Adam, Optimizer, make_optimizer
-from .validation import check_inputs, check_positive_int, check_targets
+from .validation import check_inputs, check_positive_int, check_seed, check_targets
 
 __all__ = ["fit", "History", "TrainingDiverged", "evaluate"]
 
@@ -57,7 +57,10 @@ class History:
 
     Every list has one entry per completed epoch. ``accuracy`` and
     ``val_accuracy`` are None for regression nets; ``val_*`` are None
-    without validation data.
+    without validation data. ``memory_used_bytes`` / ``memory_total_bytes``
+    are the CuPy memory pool's used and held bytes after each epoch (None on
+    NumPy); the pool keeps freed blocks for reuse, so "total" is what
+    ``nvidia-smi`` shows for the process, more than the live arrays need.
     """
 
     epoch: list = field(default_factory=list)
@@ -67,6 +70,8 @@ class History:
     val_accuracy: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     samples_per_s: list = field(default_factory=list)
+    memory_used_bytes: list = field(default_factory=list)
+    memory_total_bytes: list = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
 
@@ -79,7 +84,8 @@ class History:
 
     def last(self) -> dict:
         """The latest epoch's record as a dict."""
-        keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s")
+        keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s",
+                "memory_used_bytes", "memory_total_bytes")
         return {k: getattr(self, k)[-1] for k in keys} if self.epoch else {}
 
     def to_dict(self) -> dict:
@@ -93,7 +99,11 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        h = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        for name in ("memory_used_bytes", "memory_total_bytes"):  # absent in older files
+            column = getattr(h, name)
+            column.extend([None] * (len(h.epoch) - len(column)))
+        return h
 
 
 def _correct(net, A, Y):
@@ -310,7 +320,7 @@ def _distributed_epoch(net, dp, step, optimizer, Xl, Yl, bar):
 
 def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
         seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None,
-        distributed=False):
+        distributed=False, strict_device=False, gpu_mem_limit=None):
     """Train ``net`` in place with mini-batch gradient descent.
 
     Parameters
@@ -360,6 +370,15 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         reported training loss are global (summed over ranks); the History
         is the same on every rank except the timings. ``seed=None`` is drawn
         on rank 0. A failure on one rank aborts all of them.
+    strict_device : bool
+        Make any host↔device copy or device synchronisation inside a training
+        step an error (CuPy: ``cupyx.allow_synchronize(False)`` and the
+        backend's transfer count). The data moves to the device once, at the
+        call's entry, and the losses are read back once per epoch, outside
+        the checked region. On NumPy there is no device and nothing to check.
+    gpu_mem_limit : int, optional
+        Bytes the CuPy memory pool may hold (``history.memory_total_bytes``
+        shows what it holds per epoch). CuPy backend only.
 
     Returns
     -------
@@ -375,6 +394,7 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         GPU of their own (raised on every rank alike).
     """
     epochs = check_positive_int("epochs", epochs)
+    seed = check_seed(seed)
     batch_size = check_positive_int("batch_size", batch_size)
     if patience is not None:
         patience = check_positive_int("patience", patience)
@@ -389,19 +409,90 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     callbacks = list(callbacks or [])
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path> to resume from")
+    if checkpoint is not None:
+        folder = Path(checkpoint).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint {str(checkpoint)!r}: its directory {str(folder)!r} does not exist; "
+                "create it first")
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    if not isinstance(strict_device, bool):
+        raise TypeError(f"strict_device must be True or False; got {strict_device!r}")
+    if gpu_mem_limit is not None and (isinstance(gpu_mem_limit, bool)
+                                      or not isinstance(gpu_mem_limit, int) or gpu_mem_limit < 1):
+        raise ValueError(f"gpu_mem_limit must be a number of bytes ≥ 1 or None; got {gpu_mem_limit!r}")
     args = (net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, progress,
             checkpoint, resume, patience, callbacks)
     if not distributed:
-        return _fit(*args, None)
+        return _fit(*args, None, strict_device, gpu_mem_limit)
     ctx = _dist.init()
     with ctx.fail_fast(passthrough=(TrainingDiverged,)):
-        return _fit(*args, ctx)
+        return _fit(*args, ctx, strict_device, gpu_mem_limit)
+
+
+class _Batches:
+    """The mini-batches of an epoch, gathered into reused buffers.
+
+    With shuffling, each batch's rows are gathered from the (unshuffled)
+    data straight into a buffer allocated once per batch size (``take`` with
+    ``out=`` on NumPy and CuPy), so an epoch never copies the whole data set
+    and the batch is still in cache when the first matrix product reads it.
+    Other namespaces slice a shuffled copy.
+    """
+
+    def __init__(self, xp, X, Y, B):
+        self.xp, self.X, self.Y, self.B = xp, X, Y, B
+        self.m = X.shape[0]
+        self.fast = supports_fast_path(xp)
+        self._buffers = {}
+
+    def __call__(self, order):
+        xp, X, Y, B, m = self.xp, self.X, self.Y, self.B, self.m
+        if order is None:
+            for i in range(0, m, B):
+                yield i, X[i:i + B], Y[i:i + B]
+        elif self.fast:
+            for i in range(0, m, B):
+                idx = order[i:i + B]
+                n = idx.shape[0]
+                if n not in self._buffers:
+                    self._buffers[n] = (xp.empty((n, X.shape[1]), dtype=X.dtype),
+                                        xp.empty((n, Y.shape[1]), dtype=Y.dtype))
+                Xb, Yb = self._buffers[n]
+                xp.take(X, idx, axis=0, out=Xb)
+                xp.take(Y, idx, axis=0, out=Yb)
+                yield i, Xb, Yb
+        else:
+            Xs, Ys = _take(xp, X, order), _take(xp, Y, order)
+            for i in range(0, m, B):
+                yield i, Xs[i:i + B], Ys[i:i + B]
+
+
+def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar):
+    """One epoch of steps in this process; returns the batch losses (device) and correct count."""
+    xp = net.xp
+    losses, correct = [], None
+    with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        for i, Xb, Yb in batches(order):
+            J, AL, grads = step(Xb, Yb)
+            losses.append(J)
+            if labels is not None:                 # softmax: keep the predicted class
+                preds[i:i + Xb.shape[0]] = xp.argmax(AL, axis=1)
+            else:
+                c = _correct(net, AL, Yb)
+                if c is not None:
+                    correct = c if correct is None else correct + c
+            optimizer.step(net.params, grads)
+            bar.update(1)
+    if labels is not None:
+        labels_s = labels if order is None else _take(xp, labels, order)
+        correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
+    return losses, correct
 
 
 def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, progress,
-         checkpoint, resume, patience, callbacks, ctx):
+         checkpoint, resume, patience, callbacks, ctx, strict=False, gpu_mem_limit=None):
     """The body of :func:`fit`, arguments checked; ``ctx`` is the MPI context or None."""
     xp = net.xp
     # Data: checked once, moved to the backend once.
@@ -441,6 +532,9 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
         dp.prepare(step, m, B)
     labels = xp.argmax(Yr, axis=1) if net.output == "softmax" and dp is None else None
     preds = xp.empty((m,), dtype=xp.int64) if labels is not None else None
+    batches = _Batches(xp, Xr, Yr, B)
+    if gpu_mem_limit is not None:
+        set_memory_limit(xp, gpu_mem_limit)
     bar = _progress_bar((epochs - start) * steps, progress)
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -451,28 +545,10 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
                 batch_losses, correct = _distributed_epoch(net, dp, step, optimizer,
                                                            *dp.local_rows(Xr, Yr, order), bar)
             else:
-                if shuffle:
-                    order = xp.asarray(rng.permutation(m))
-                    Xs, Ys = _take(xp, Xr, order), _take(xp, Yr, order)
-                    labels_s = None if labels is None else _take(xp, labels, order)
-                else:
-                    Xs, Ys, labels_s = Xr, Yr, labels
-                losses, correct = [], None
-                with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                    for i in range(0, m, B):
-                        Xb, Yb = Xs[i:i + B], Ys[i:i + B]
-                        J, AL, grads = step(Xb, Yb)
-                        losses.append(J)
-                        if labels is not None:                 # softmax: keep the predicted class
-                            preds[i:i + B] = xp.argmax(AL, axis=1)
-                        else:
-                            c = _correct(net, AL, Yb)
-                            if c is not None:
-                                correct = c if correct is None else correct + c
-                        optimizer.step(net.params, grads)
-                        bar.update(1)
-                if labels is not None:
-                    correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
+                order = xp.asarray(rng.permutation(m)) if shuffle else None
+                with strict_device(xp, strict):
+                    losses, correct = _local_epoch(net, step, optimizer, batches, Xr, Yr, order,
+                                                   labels, preds, bar)
                 # One read-back per epoch: the batch losses (and the correct count).
                 batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
             bad = numpy.flatnonzero(~numpy.isfinite(batch_losses))
@@ -487,11 +563,14 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
             acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
             val_loss = val_acc = None
             if Xv is not None:
-                val_loss, val_acc = (_evaluate_rows(net, Xv, Yv) if dp is None
-                                     else _evaluate_sharded(net, ctx, Xv, Yv))
+                with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+                    val_loss, val_acc = (_evaluate_rows(net, Xv, Yv) if dp is None
+                                         else _evaluate_sharded(net, ctx, Xv, Yv))
             seconds = time.perf_counter() - t0
+            used, total = memory_pool_bytes(xp)
             history.append(epoch=epoch, loss=loss, accuracy=acc, val_loss=val_loss,
-                           val_accuracy=val_acc, seconds=seconds, samples_per_s=m / seconds)
+                           val_accuracy=val_acc, seconds=seconds, samples_per_s=m / seconds,
+                           memory_used_bytes=used, memory_total_bytes=total)
             postfix = {"loss": f"{loss:.4f}"}
             if acc is not None:
                 postfix["acc"] = f"{acc:.3f}"
