@@ -121,10 +121,10 @@ class TrainStep:
         if self._softmax_ce:
             AL = buf.A[L]
             M, S = buf.row_max, buf.row_sum
-            xp.max(Z, axis=1, keepdims=True, out=M)
+            Z.max(axis=1, keepdims=True, out=M)              # (methods: no dispatch layer)
             xp.subtract(Z, M, out=AL)
             xp.exp(AL, out=AL)
-            xp.sum(AL, axis=1, keepdims=True, out=S)
+            AL.sum(axis=1, keepdims=True, out=S)
             AL /= S                                          # A_L = softmax(Z_L)
             xp.log(S, out=S)                                 # S ≥ 1 (the max term is e⁰): no guard needed
             S += M                                           # log Σ_j e^{Z_ij}, per row

@@ -54,15 +54,16 @@ class Optimizer:
         grads : dict of str to array
             ``"dW1", "db1", ...``, each shaped like its parameter.
         """
-        if len(grads) < len(params) or any(f"d{name}" not in grads for name in params):
-            missing = [f"d{name}" for name in params if f"d{name}" not in grads]
-            raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
-        self.t += 1
-        flat = self._flat_plan(params, grads)
+        flat = self._flat_plan(params, grads)  # names and shapes checked when the plan is made
         if flat is not None:  # every parameter in one buffer: one update for all
+            self.t += 1
             xp, flat_state, tmp = flat
             self._update_fast(xp, params.flat, grads.flat, flat_state, tmp)
             return
+        missing = [f"d{name}" for name in params if f"d{name}" not in grads]
+        if missing:
+            raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
+        self.t += 1
         for name, p in params.items():
             state = self.state.get(name)
             if state is None:
@@ -91,12 +92,17 @@ class Optimizer:
         flat_p, flat_g = getattr(params, "flat", None), getattr(grads, "flat", None)
         if flat_p is None or flat_g is None:
             return None
-        if self._flat is not None and self._flat[0] is flat_p:
-            return self._flat[1:]
+        if self._flat is not None and self._flat[0] is flat_p and id(flat_g) in self._flat[4]:
+            return self._flat[1:4]
         xp = get_xp(flat_p)
         if (not supports_fast_path(xp) or tuple(flat_g.shape) != tuple(flat_p.shape)
                 or list(grads) != [f"d{name}" for name in params]):
             return None
+        if self._flat is not None and self._flat[0] is flat_p:
+            # the same parameters with another (checked) gradient buffer, e.g. the last
+            # partial batch's: remember it, keeping a reference so its id stays unique
+            self._flat[4][id(flat_g)] = flat_g
+            return self._flat[1:4]
         flat_state = {s: xp.zeros_like(flat_p) for s in self.state_names}
         offset = 0
         for name, p in params.items():
@@ -110,8 +116,8 @@ class Optimizer:
             self._xp[name] = xp
             offset += n
         self.use_kernels = backend_name(xp) == "cupy"
-        self._flat = (flat_p, xp, flat_state, xp.empty_like(flat_p))
-        return self._flat[1:]
+        self._flat = (flat_p, xp, flat_state, xp.empty_like(flat_p), {id(flat_g): flat_g})
+        return self._flat[1:4]
 
     def _update(self, xp, p, g, state):  # pragma: no cover - abstract
         """The plain update (any array-API namespace): the reference."""

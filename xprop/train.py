@@ -460,8 +460,8 @@ class _Batches:
                     self._buffers[n] = (xp.empty((n, X.shape[1]), dtype=X.dtype),
                                         xp.empty((n, Y.shape[1]), dtype=Y.dtype))
                 Xb, Yb = self._buffers[n]
-                xp.take(X, idx, axis=0, out=Xb)
-                xp.take(Y, idx, axis=0, out=Yb)
+                X.take(idx, axis=0, out=Xb)
+                Y.take(idx, axis=0, out=Yb)
                 yield i, Xb, Yb
         else:
             Xs, Ys = _take(xp, X, order), _take(xp, Y, order)
