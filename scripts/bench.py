@@ -381,6 +381,50 @@ def dist_main(args, argv):
     return 0
 
 
+def memory_report(sizes, batch, steps, optimizer, epochs=3):
+    """Peak traced memory of ``fit`` against params + optimizer state + one batch's cache.
+
+    NumPy reports its allocations to tracemalloc. The data and the net exist
+    before tracing starts, so what is traced is what ``fit`` itself allocates;
+    the budget is the issue's: params + optimizer state + one batch's forward
+    cache (X, and Z, A of every layer). ``growth`` is the traced memory after
+    the last epoch minus after the first (0 means nothing accumulates).
+    """
+    import tracemalloc  # noqa: PLC0415
+
+    X, y = make_data(sizes, batch, steps)
+    net = xprop.MLP(list(sizes), backend="numpy", dtype="float32", seed=0)
+    opt = xprop.SGD(lr=0.01) if optimizer == "sgd" else xprop.Adam(lr=1e-3)
+    itemsize = 4
+    params = net.n_params * itemsize
+    state = params * len(opt.state_names)
+    cache = batch * (sizes[0] + 2 * sum(sizes[1:])) * itemsize
+    after_epoch = []
+    # once untraced first: imports and other one-time allocations are not fit's memory
+    xprop.fit(net.to(), X, y, epochs=1, batch_size=batch, optimizer=xprop.SGD(lr=0.01), progress=False)
+    tracemalloc.start()
+    try:
+        xprop.fit(net, X, y, epochs=epochs, batch_size=batch, optimizer=opt, progress=False,
+                  callbacks=[lambda rec, n: after_epoch.append(tracemalloc.get_traced_memory()[0])])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    budget = params + state + cache
+    return {"config": "-".join(map(str, sizes)), "batch": batch, "examples": len(X),
+            "optimizer": optimizer, "params_bytes": params, "state_bytes": state, "cache_bytes": cache,
+            "budget_bytes": budget, "peak_traced_bytes": peak, "peak_over_budget": peak / budget,
+            "growth_bytes": after_epoch[-1] - after_epoch[0]}
+
+
+def print_memory(rows):
+    print(f"{'config':<18} {'batch':>5} {'opt':<5} {'params':>9} {'state':>9} {'cache':>9} "
+          f"{'peak (fit)':>11} {'peak/budget':>11} {'growth':>7}")
+    for r in rows:
+        print(f"{r['config']:<18} {r['batch']:>5} {r['optimizer']:<5} {r['params_bytes']:>9,} "
+              f"{r['state_bytes']:>9,} {r['cache_bytes']:>9,} {r['peak_traced_bytes']:>11,} "
+              f"{r['peak_over_budget']:>11.2f} {r['growth_bytes']:>7,}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=parse_sizes, help="configs like 784-256-128-10:128,64-32-10:32")
@@ -392,6 +436,8 @@ def main(argv=None):
     p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
     p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
     p.add_argument("--json", type=Path, default=None, help="write results and environment here")
+    p.add_argument("--memory", action="store_true",
+                   help="peak traced memory of fit vs params + optimizer state + one batch's cache")
     p.add_argument("--distributed", action="store_true",
                    help="time fit(distributed=True) under mpiexec at each of --ranks (needs xprop[dist])")
     p.add_argument("--ranks", default="1,2", help="rank counts for --distributed (default 1,2)")
@@ -408,6 +454,14 @@ def main(argv=None):
     if args.distributed:
         args.ranks = [int(n) for n in args.ranks.split(",")]
         return dist_main(args, sys.argv[1:] if argv is None else list(argv))
+    if args.memory:
+        rows = [memory_report(sizes, batch, args.steps or 20, opt)
+                for sizes, batch in configs for opt in ("sgd", "adam")]
+        print_memory(rows)
+        if args.json:
+            args.json.write_text(json.dumps({"environment": environment(args.backend),
+                                             "memory": rows}, indent=2))
+        return 0
 
     all_rows, skipped = [], {}
     for sizes, batch in configs:

@@ -23,6 +23,7 @@ import xprop
 import xprop.cli
 from xprop.backend import cupy_status
 from xprop.datasets import apply_scaler, load_digits
+from xprop.tolerances import tolerance
 
 COMMANDS = ["train", "evaluate", "predict", "gradcheck", "check", "info", "explain"]
 
@@ -429,3 +430,38 @@ def test_doctor_prints_one_line_per_check_and_its_verdict():
     as_json = subprocess.run([sys.executable, "-m", "xprop", "doctor", "--json"], capture_output=True,
                              text=True, timeout=60)
     assert len(json.loads(as_json.stdout)) == len(checks)
+
+
+def test_gpu_mem_limit_flag_parses_sizes_and_refuses_numpy(tmp_path):
+    bad = cli(tmp_path, "train", "--gpu-mem-limit", "lots", "--out", tmp_path / "a")
+    assert bad.returncode == 2 and "--gpu-mem-limit" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    on_numpy = cli(tmp_path, "train", "--backend", "numpy", "--gpu-mem-limit", "1G", "--epochs", "1",
+                   "--out", tmp_path / "b")
+    one_error_line(on_numpy, "gpu_mem_limit", "cupy", "numpy")
+    assert not (tmp_path / "b" / "model.npz").exists()
+
+
+def test_train_distributed_on_two_ranks_matches_one_process(tmp_path):
+    from xprop.distributed import find_mpiexec
+
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("mpiexec not found (pip install 'xprop[dist]')")
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install 'xprop[dist]')")
+    env = {k: v for k, v in os.environ.items() if k not in ("XPROP_BACKEND", "XPROP_TRACEBACK")}
+    env.update(TQDM_DISABLE="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    args = ["train", "--epochs", "3", "--dtype", "float64", "--optimizer", "sgd", "--momentum", "0.9",
+            "--backend", "numpy"]
+    two = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "xprop", *args, "--distributed",
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=120, cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("test accuracy:") == 1          # only rank 0 reports
+    assert "data-parallel over 2 MPI ranks" in two.stdout
+    one = cli(tmp_path, *args, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    a, b = model_params(tmp_path / "two" / "model.npz"), model_params(tmp_path / "one" / "model.npz")
+    bound = tolerance("backends", "float64")  # same math, summation split over two ranks
+    for name in a:
+        err = np.linalg.norm(a[name] - b[name]) / (np.linalg.norm(a[name]) + np.linalg.norm(b[name]))
+        assert err <= bound, (name, err)

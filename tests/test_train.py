@@ -526,3 +526,43 @@ def test_optimizer_by_name(digits):
     X, y = small(digits, 20)
     history = fit(xprop.MLP([64, 8, 10], backend="numpy"), X, y, epochs=2, optimizer="sgd", progress=False)
     assert len(history) == 2
+
+
+# ------------------------------------------------------- device strictness
+
+
+def test_strict_device_on_numpy_changes_nothing(digits):
+    X, y = small(digits)
+    nets = [xprop.MLP([64, 16, 10], seed=0, backend="numpy") for _ in range(2)]
+    for net, strict in zip(nets, (False, True)):
+        fit(net, X, y, epochs=2, batch_size=32, optimizer=SGD(lr=0.1), progress=False,
+            strict_device=strict)
+    for name in nets[0].params:
+        assert np.array_equal(nets[0].params[name], nets[1].params[name])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"strict_device": "yes"}, "strict_device"),
+    ({"gpu_mem_limit": 0}, "gpu_mem_limit"),
+    ({"gpu_mem_limit": 1 << 30}, "gpu_mem_limit applies to the cupy backend"),
+])
+def test_device_options_are_checked(digits, kwargs, match):
+    X, y = small(digits, 20)
+    net = xprop.MLP([64, 4, 10], seed=0, backend="numpy")
+    before = params_of(net)
+    with pytest.raises((TypeError, ValueError), match=match):
+        fit(net, X, y, epochs=1, progress=False, **kwargs)
+    assert all(np.array_equal(before[k], v) for k, v in params_of(net).items())
+
+
+@pytest.mark.gpu
+def test_strict_device_epoch_on_cupy_has_no_transfer_or_sync(backend, digits):
+    """One epoch on the GPU with syncs forbidden inside the steps: passes, and records the pool."""
+    if backend != "cupy":
+        pytest.skip("this test is about the CuPy backend")
+    X, y = small(digits)
+    net = xprop.MLP([64, 16, 10], seed=0, backend="cupy")
+    xp = net.xp
+    history = fit(net, xp.asarray(X), xp.asarray(y), epochs=1, batch_size=32, progress=False,
+                  strict_device=True, gpu_mem_limit=1 << 30)
+    assert history.memory_used_bytes[0] > 0 and history.memory_total_bytes[0] >= history.memory_used_bytes[0]

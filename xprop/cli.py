@@ -41,6 +41,7 @@ from .backend import (
     gpu_info,
     to_numpy,
 )
+from .distributed import DistributedError
 from .datasets import fit_scaler, apply_scaler, check_labels, load_data, load_digits
 from .explain import explain
 from .gradcheck import compare_backends, gradcheck
@@ -59,7 +60,8 @@ STANDARDIZE = ("zscore", "minmax", "none")
 OUTPUTS = tuple(ACTIVATIONS)
 DEFAULT_HIDDEN = 128
 # Errors that mean "the input was wrong", reported as one line and exit 1.
-ERRORS = (ValueError, TypeError, OSError, ModelFileError, BackendError, TrainingDiverged)
+ERRORS = (ValueError, TypeError, OSError, ModelFileError, BackendError, TrainingDiverged,
+          DistributedError)
 
 
 # ------------------------------------------------------------------ argument types
@@ -359,11 +361,29 @@ def _checkpoint_epoch(ckpt: Path, args) -> int:
 
 
 def cmd_train(args) -> int:
+    if not args.distributed:
+        return _train(args, None)
+    from . import distributed  # noqa: PLC0415  (mpi4py only when asked for)
+
+    ctx = distributed.init()   # before the net is built: picks this rank's GPU
+    with ctx.fail_fast(passthrough=(TrainingDiverged,)):
+        try:
+            return _train(args, ctx)
+        except TrainingDiverged:
+            if ctx.is_root:    # every rank stops; one of them says why
+                raise
+            return 1
+
+
+def _train(args, ctx) -> int:
+    """``xprop train``; ``ctx`` is the MPI context of a ``--distributed`` run, else None."""
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the directory of the run to continue")
     if args.patience is not None and not args.validation:
         raise ValueError("--patience (early stopping) needs --validation > 0")
     out = Path(args.out) if args.out is not None else _default_out()
+    if ctx is not None:        # the timestamped default differs per rank: rank 0's wins
+        out = Path(ctx.bcast(str(out)))
     ckpt = out / "checkpoint.npz"
     if args.resume and not ckpt.exists():
         raise FileNotFoundError(f"nothing to resume: {str(ckpt)!r} does not exist")
@@ -399,7 +419,8 @@ def cmd_train(args) -> int:
                       batch_size=args.batch_size, optimizer=optimizer,
                       validation=args.validation or None, seed=args.seed,
                       progress=not args.no_progress, checkpoint=ckpt, resume=args.resume,
-                      patience=args.patience, callbacks=[track])
+                      patience=args.patience, callbacks=[track], distributed=ctx is not None,
+                      strict_device=args.strict_device, gpu_mem_limit=args.gpu_mem_limit)
     except KeyboardInterrupt:
         n = done["epoch"]
         saved = (f"epochs 1-{n} are saved in {ckpt}" if n else "no epoch was completed, nothing saved")
@@ -407,6 +428,8 @@ def cmd_train(args) -> int:
              f"resume with: {_resume_command(args.argv, out)}")
         return 130
     seconds = time.perf_counter() - t0
+    if ctx is not None and not ctx.is_root:
+        return 0               # rank 0 writes the files and the summary
 
     metadata = {"dataset": ds.name, **{k: v for k, v in where.items() if k != "dataset"},
                 "scaler": _scaler_to_meta(scaler), "n_classes": n_classes, "n_features": n_features,
@@ -440,7 +463,8 @@ def cmd_train(args) -> int:
     if opt.weight_decay:
         opt_text += f" weight_decay={opt.weight_decay:g}"
     lines = [
-        ("backend", f"{net.backend} ({net.dtype_name})"),
+        ("backend", f"{net.backend} ({net.dtype_name})"
+                    + (f", data-parallel over {ctx.size} MPI ranks" if ctx is not None else "")),
         ("architecture", (f"{'-'.join(map(str, net.sizes))}, {net.activation} → {net.output}, "
                           f"loss {net.loss}, {net.n_params} parameters")),
         ("data", data_line),
@@ -728,6 +752,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _byte_size(text: str) -> int:
+    """``4G``, ``500M``, ``1024`` -> bytes (powers of 1024)."""
+    units = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4G, 500M or 1048576; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size ≥ 1 byte; got {text!r}")
+    return int(value)
+
+
 def cmd_doctor(args) -> int:
     from . import doctor  # noqa: PLC0415
 
@@ -795,6 +833,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="auto: CuPy when a GPU is usable (or $XPROP_BACKEND), else NumPy "
                         "(default: auto)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: mpiexec -n N xprop train --distributed ... "
+                        "(needs xprop[dist]; see docs/distributed.md)")
+    g.add_argument("--strict-device", action="store_true",
+                   help="make any host/device copy or sync inside a training step an error (CuPy)")
+    g.add_argument("--gpu-mem-limit", type=_byte_size, metavar="BYTES",
+                   help="cap CuPy's memory pool, e.g. 4G or 500M (CuPy backend only)")
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR",
                    help="run directory (default: runs/<YYYYmmdd-HHMMSS>/)")
