@@ -297,6 +297,11 @@ def _validate(X, y, where, suffix=""):
 
 
 def _read_npz(path):
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(b"PK"):  # else numpy.load takes it for a pickle and suggests allow_pickle
+        raise ValueError(f"path: '{path}' is not a readable .npz file: expected a zip archive "
+                         f"(an .npz starts with b'PK'), got a file starting with {head!r}")
     try:
         # Open the file here: np.load leaks its own handle when the zip is corrupt.
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:

@@ -48,13 +48,18 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
     ------
     OSError
         The directory is missing or read-only, or the disk is full; the file
-        that was at ``path`` before is left untouched.
+        that was at ``path`` before is left untouched. The error keeps its
+        errno and type (``PermissionError``, ``FileNotFoundError``, ...) and
+        its message names ``path``.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     payload = {name: to_numpy(a) for name, a in arrays.items()}
     payload[_META] = numpy.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise _write_error(exc, path) from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
@@ -62,11 +67,13 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _write_error(exc, path) from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -77,6 +84,14 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+def _write_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` restated with the target path (a write error from the OS names no file,
+    or only the temporary one); same errno, so the same OSError subclass."""
+    reason = exc.strerror or str(exc)
+    text = f"cannot write {str(path)!r}: {reason}; the file that was there (if any) is unchanged"
+    return OSError(exc.errno, text) if exc.errno is not None else OSError(text)
 
 
 def _umask() -> int:
@@ -108,6 +123,12 @@ def read_npz(path, kind: str = "model file") -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(b"PK"):  # else numpy.load takes it for a pickle and suggests allow_pickle
+        got = "an empty file" if not head else f"a file starting with {head!r}"
+        raise ModelFileError(f"{kind} {str(path)!r} is not a readable xprop .npz file (truncated or "
+                             f"corrupted?): expected a zip archive (an .npz starts with b'PK'), got {got}")
     try:
         with open(path, "rb") as fh, numpy.load(fh, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

@@ -95,9 +95,33 @@ def _refuse_kind(name: str, a, allowed: str):
     return kind
 
 
+def _first_example(xp, bad) -> int:
+    """Index of the first example (row) with a True entry in ``bad``."""
+    rows = xp.any(bad, axis=1) if bad.ndim == 2 else bad
+    return int(xp.argmax(xp.astype(rows, xp.int8)))
+
+
 def _require_finite(xp, name: str, a):
-    if not bool(xp.all(xp.isfinite(a))):
-        raise ValueError(f"{name} contains NaN or inf; clean or impute the data first")
+    finite = xp.isfinite(a)
+    if not bool(xp.all(finite)):  # the error path only: count and locate what is wrong
+        bad = xp.logical_not(finite)
+        n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+        raise ValueError(
+            f"{name} contains NaN or inf ({n_bad} value{'' if n_bad == 1 else 's'}, the first in "
+            f"example {_first_example(xp, bad)}); expected finite numbers: clean or impute the data first"
+        )
+
+
+def _to_backend(a, xp, name, device):
+    try:
+        return as_backend_array(a, xp, name=name, device=device)
+    except ValueError as exc:
+        if isinstance(a, (list, tuple)):  # NumPy's message for a ragged list does not name it
+            raise ValueError(
+                f"{name} must be a rectangular nested list (rows of equal length); got one that "
+                f"is not ({exc})"
+            ) from None
+        raise
 
 
 def check_inputs(net, X, *, name: str = "X"):
@@ -108,7 +132,7 @@ def check_inputs(net, X, *, name: str = "X"):
     returned array is its transposed view.
     """
     xp = net.xp
-    X = as_backend_array(X, xp, name=name, device=net.device)
+    X = _to_backend(X, xp, name, net.device)
     _refuse_kind(name, X, "fiu")
     k = net.sizes[0]
     if X.ndim != 2:
@@ -120,7 +144,8 @@ def check_inputs(net, X, *, name: str = "X"):
         X = X.T
     m, n_features = X.shape
     if m == 0:
-        raise ValueError(f"{name} is empty: it has 0 examples")
+        raise ValueError(f"{name} is empty: it has 0 examples; expected at least one, "
+                         f"{net.shape_text('X')} with m ≥ 1")
     if n_features != k:
         raise ValueError(
             f"{name} must have {k} features {net.shape_text('X')} for this net; "
@@ -147,7 +172,7 @@ def check_targets(net, Y, m: int, *, name: str = "Y"):
     """
     xp = net.xp
     n_out = net.sizes[-1]
-    Y = as_backend_array(Y, xp, name=name, device=net.device)
+    Y = _to_backend(Y, xp, name, net.device)
     kind = _refuse_kind(name, Y, "fiub")
     if Y.ndim not in (1, 2):
         raise ValueError(f"{name} must be 1-D labels or 2-D targets; got {Y.ndim}-D shape {tuple(Y.shape)}")
@@ -188,12 +213,18 @@ def check_targets(net, Y, m: int, *, name: str = "Y"):
     _require_finite(xp, name, Y)
     if net.output == "softmax":
         tol = 1e-3 if net.dtype == xp.float32 else 1e-6
-        if bool(xp.any(Y < 0)) or bool(xp.any(xp.abs(xp.sum(Y, axis=1) - 1) > tol)):
+        sums = xp.sum(Y, axis=1)
+        bad = xp.any(Y < 0, axis=1) | (xp.abs(sums - 1) > tol)
+        if bool(xp.any(bad)):
+            i = _first_example(xp, bad)
             raise ValueError(
                 f"{name} for a softmax net must be one-hot rows (or probability rows summing to 1), "
-                "or 1-D integer labels; got rows that are not distributions"
+                f"or 1-D integer labels; got rows that are not distributions (example {i}: sum "
+                f"{float(sums[i]):.6g}, smallest entry {float(xp.min(Y[i, :])):.6g})"
             )
     elif net.output == "sigmoid" and net.loss == "binary_cross_entropy":
-        if bool(xp.any(Y < 0)) or bool(xp.any(Y > 1)):
-            raise ValueError(f"{name} for binary cross-entropy must be in [0, 1] (0/1 targets); got values outside")
+        lo, hi = float(xp.min(Y)), float(xp.max(Y))
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{name} for binary cross-entropy must be in [0, 1] (0/1 targets); "
+                             f"got values from {lo:.6g} to {hi:.6g}")
     return Y
