@@ -43,7 +43,8 @@ class Activation(NamedTuple):
         Fast override of ``forward`` writing into a preallocated buffer.
     backward_inplace : callable ``(xp, dA, Z, A, tmp) -> dA``, optional
         Fast override of ``backward`` that turns the buffer ``dA`` into
-        ``dZ`` in place (``tmp`` is a scratch buffer of the same shape).
+        ``dZ`` in place (``tmp`` is a scratch buffer of the same shape, or
+        None where ``scratch`` is False: the rule needs none).
 
     The overrides use ``out=`` arguments, which NumPy and CuPy have and the
     array API standard does not; the training step uses them on those two
@@ -56,6 +57,7 @@ class Activation(NamedTuple):
     hidden: bool = True
     forward_into: Callable | None = None
     backward_inplace: Callable | None = None
+    scratch: bool = True
 
 
 # sigmoid: σ(z) = 1 / (1 + e^{-z});  σ'(z) = σ(z)(1 − σ(z)) = A(1 − A)
@@ -162,11 +164,12 @@ ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation(tanh, tanh_backward,
                        forward_into=tanh_into, backward_inplace=tanh_backward_inplace),
     "relu": Activation(relu, relu_backward, kink=True,
-                       forward_into=relu_into, backward_inplace=relu_backward_inplace),
+                       forward_into=relu_into, backward_inplace=relu_backward_inplace,
+                       scratch=False),
     "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True,
                              backward_inplace=leaky_relu_backward_inplace),
     "identity": Activation(identity, identity_backward,
-                           backward_inplace=identity_backward_inplace),
+                           backward_inplace=identity_backward_inplace, scratch=False),
     "softmax": Activation(softmax, softmax_backward, hidden=False),
 }
 

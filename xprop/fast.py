@@ -43,7 +43,8 @@ class _Buffers:
         self.Z = [None] + [empty(m, n) for n in sizes[1:]]
         self.A = [None] + [empty(m, n) for n in sizes[1:]]
         self.dA = [None] + [empty(m, n) for n in sizes[1:]]   # dA_l, turned into dZ_l in place
-        self.tmp = [None] + [empty(m, n) for n in sizes[1:]]
+        scratch = net._g.scratch  # hidden layers' derivative work space, if the rule needs it
+        self.tmp = [None] + [empty(m, n) if scratch else None for n in sizes[1:]]
         if net.layout == "rows":  # grads are views of one buffer, in the params' order
             shapes = {}
             for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):

@@ -44,7 +44,10 @@ class Optimizer:
         self._flat = None          # (params buffer, xp, state buffers, scratch) when flat
         self.use_kernels = False   # fused CuPy kernels where a subclass has them
 
-    def step(self, params, grads):
+    # Whether _update_fast may use the gradient itself as its scratch buffer.
+    grads_as_scratch = False
+
+    def step(self, params, grads, *, overwrite_grads=False):
         """Update ``params`` in place from ``grads``.
 
         Parameters
@@ -53,11 +56,19 @@ class Optimizer:
             ``"W1", "b1", ...`` (``net.params``).
         grads : dict of str to array
             ``"dW1", "db1", ...``, each shaped like its parameter.
+        overwrite_grads : bool
+            Allow the update to use ``grads`` as work space (their values
+            afterwards are unspecified). ``fit`` passes True for its own
+            gradient buffers, which saves a parameter-sized buffer.
         """
         flat = self._flat_plan(params, grads)  # names and shapes checked when the plan is made
         if flat is not None:  # every parameter in one buffer: one update for all
             self.t += 1
             xp, flat_state, tmp = flat
+            if overwrite_grads and self.grads_as_scratch:
+                tmp = grads.flat
+            elif tmp is None:
+                tmp = self._flat[3] = xp.empty_like(params.flat)
             self._update_fast(xp, params.flat, grads.flat, flat_state, tmp)
             return
         missing = [f"d{name}" for name in params if f"d{name}" not in grads]
@@ -116,7 +127,7 @@ class Optimizer:
             self._xp[name] = xp
             offset += n
         self.use_kernels = backend_name(xp) == "cupy"
-        self._flat = (flat_p, xp, flat_state, xp.empty_like(flat_p), {id(flat_g): flat_g})
+        self._flat = [flat_p, xp, flat_state, None, {id(flat_g): flat_g}]  # scratch made when needed
         return self._flat[1:4]
 
     def _update(self, xp, p, g, state):  # pragma: no cover - abstract
@@ -195,6 +206,8 @@ class SGD(Optimizer):
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
 
+    grads_as_scratch = True  # every step below reads g before tmp is written
+
     def _update_fast(self, xp, p, g, state, tmp):
         if self.weight_decay:
             g = g + self.weight_decay * p
@@ -203,9 +216,12 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             if self.nesterov:
-                xp.multiply(v, self.momentum, out=tmp)
-                tmp += g
-                g = tmp
+                if tmp is g:       # g + μ·v, computed in g itself
+                    g += self.momentum * v
+                else:
+                    xp.multiply(v, self.momentum, out=tmp)
+                    tmp += g
+                    g = tmp
             else:
                 g = v
         xp.multiply(g, self.lr, out=tmp)

@@ -406,7 +406,12 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         optimizer = make_optimizer(optimizer)
     elif not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be an xprop optimizer, 'sgd', 'adam' or None; got {type(optimizer).__name__}")
+    if callable(callbacks):
+        callbacks = [callbacks]   # one callback given on its own
     callbacks = list(callbacks or [])
+    if not all(callable(cb) for cb in callbacks):
+        raise TypeError("callbacks must be a list of functions cb(record, net); got "
+                        f"{[type(cb).__name__ for cb in callbacks]}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=<path> to resume from")
     if checkpoint is not None:
@@ -473,6 +478,7 @@ def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar)
     """One epoch of steps in this process; returns the batch losses (device) and correct count."""
     xp = net.xp
     losses, correct = [], None
+    own_step = type(optimizer).step is Optimizer.step  # a subclass's own step may not take the keyword
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for i, Xb, Yb in batches(order):
             J, AL, grads = step(Xb, Yb)
@@ -483,7 +489,10 @@ def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar)
                 c = _correct(net, AL, Yb)
                 if c is not None:
                     correct = c if correct is None else correct + c
-            optimizer.step(net.params, grads)
+            if own_step:   # the grads are the step's own buffers: the update may reuse them
+                optimizer.step(net.params, grads, overwrite_grads=True)
+            else:
+                optimizer.step(net.params, grads)
             bar.update(1)
     if labels is not None:
         labels_s = labels if order is None else _take(xp, labels, order)
