@@ -381,6 +381,39 @@ def dist_main(args, argv):
     return 0
 
 
+def digits_report(rounds, batch=32, hidden=128):
+    """Seconds per epoch on the bundled digits: xprop.fit vs MLPClassifier, Adam, same net.
+
+    Both train 64-128-10 ReLU/softmax with Adam (lr 1e-3) for one epoch per
+    round at the same batch size; the rounds alternate. The ratio is
+    sklearn seconds / xprop seconds per round.
+    """
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+    from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
+
+    d = xprop.load_digits()
+    X, y = d.X_train.astype(numpy.float32), d.y_train
+    net = xprop.MLP([64, hidden, 10], backend="numpy", seed=0)
+    opt = xprop.Adam(lr=1e-3)
+    clf = MLPClassifier(hidden_layer_sizes=(hidden,), solver="adam", learning_rate_init=1e-3,
+                        alpha=0.0, batch_size=batch, max_iter=1, shuffle=True, random_state=0)
+    xs, sk = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for r in range(rounds + 1):
+            t0 = time.perf_counter()
+            xprop.fit(net, X, y, epochs=1, batch_size=batch, optimizer=opt, progress=False, seed=r)
+            t1 = time.perf_counter()
+            clf.fit(X, y)
+            t2 = time.perf_counter()
+            if r:  # round 0 warms up
+                xs.append(t1 - t0)
+                sk.append(t2 - t1)
+    ratios = [b / a for a, b in zip(xs, sk)]
+    return {"batch": batch, "xprop_s_median": statistics.median(xs), "sklearn_s_median": statistics.median(sk),
+            "ratio_median": statistics.median(ratios), "ratio_best": min(sk) / min(xs)}
+
+
 def memory_report(sizes, batch, steps, optimizer, epochs=3):
     """Peak traced memory of ``fit`` against params + optimizer state + one batch's cache.
 
@@ -436,6 +469,8 @@ def main(argv=None):
     p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
     p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
     p.add_argument("--json", type=Path, default=None, help="write results and environment here")
+    p.add_argument("--digits", action="store_true",
+                   help="seconds per epoch on the bundled digits vs scikit-learn's MLPClassifier")
     p.add_argument("--memory", action="store_true",
                    help="peak traced memory of fit vs params + optimizer state + one batch's cache")
     p.add_argument("--distributed", action="store_true",
@@ -448,12 +483,25 @@ def main(argv=None):
     if args.quick:
         args.rounds, args.steps = 2, args.steps or 3
     configs = args.sizes or CONFIGS
-    xprop.get_xp(args.backend)  # a clear error now if the backend is not usable
+    try:
+        xprop.get_xp(args.backend)  # a clear error now if the backend is not usable
+    except xprop.BackendError as exc:
+        print(f"bench.py: error: {exc}", file=sys.stderr)
+        return 2
     if args.dist_worker:
         return dist_worker(args)
     if args.distributed:
         args.ranks = [int(n) for n in args.ranks.split(",")]
         return dist_main(args, sys.argv[1:] if argv is None else list(argv))
+    if args.digits:
+        with threads(args.threads[0]):
+            r = digits_report(args.rounds)
+        print(f"digits 64-128-10, Adam, batch {r['batch']}, one epoch: xprop {r['xprop_s_median'] * 1e3:.1f} ms, "
+              f"scikit-learn {r['sklearn_s_median'] * 1e3:.1f} ms (medians); xprop faster by "
+              f"{r['ratio_median']:.1f}x (median of rounds), {r['ratio_best']:.1f}x (best vs best)")
+        if args.json:
+            args.json.write_text(json.dumps({"environment": environment(args.backend), "digits": r}, indent=2))
+        return 0
     if args.memory:
         rows = [memory_report(sizes, batch, args.steps or 20, opt)
                 for sizes, batch in configs for opt in ("sgd", "adam")]
