@@ -20,6 +20,17 @@ Tolerances
 The one tolerance table lives in :mod:`xprop.tolerances`; it is re-exported
 here and tests take every bound from it (``tolerance("gradcheck", dtype)``).
 The only literal comparisons in the tests are exact-equality checks.
+
+Fast step against reference
+---------------------------
+:func:`assert_fast_step_equals_reference` is the one comparison of a training
+step (``xprop.fast.TrainStep``) with the plain reference step. It measures each
+difference against the magnitude of what was summed to make the quantity
+(:func:`summed_magnitudes`), the forward error bound of sums and dot
+products, not against the quantity itself: a bias gradient whose terms
+cancel is small, and two correct summation orders differ relative to it by
+far more than a few roundoffs (see the ``fast`` entry of
+:mod:`xprop.tolerances`).
 """
 
 from __future__ import annotations
@@ -214,6 +225,125 @@ def kink_free_gradcheck(net, m, seeds=range(50)):
         if report.kinks == 0:
             return report, X, Y
     raise AssertionError(f"no data seed in {seeds} kept every ReLU pre-activation away from 0 for {net!r}")
+
+
+# ----------------------------------------------------------------------- fast == reference
+def _loss_term_magnitudes(loss, Z, A, Y):
+    """Per example, the sum of |terms| that make up ``L_i`` (float64 ``(m, n_L)`` in, ``(m,)`` out)."""
+    if loss == "cross_entropy":     # L_i = log S_i + M_i − Σ_j Y_ij Z_ij, S_i = Σ_j e^{Z_ij − M_i}
+        M = Z.max(axis=1)
+        S = np.exp(Z - M[:, None]).sum(axis=1)
+        return np.abs(np.log(S)) + np.abs(M) + np.abs(Y * Z).sum(axis=1)
+    if loss == "binary_cross_entropy":  # L_i = Σ_j max(z, 0) − z·y + log(1 + e^{−|z|})
+        return (np.maximum(Z, 0) + np.abs(Z * Y) + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1)
+    if loss == "mse":               # L_i = ½ Σ_j (A − Y)²: no cancellation
+        return ((A - Y) ** 2).sum(axis=1) / 2
+    raise ValueError(f"no term magnitudes for loss {loss!r}")
+
+
+def summed_magnitudes(net, X, Y):
+    """The magnitude of the terms behind every output of one training step, in float64.
+
+    The forward error of a computed sum or dot product is bounded by a few
+    units of roundoff times the sum of the magnitudes of its terms
+    (``|fl(xᵀy) − xᵀy| ≤ γ_n |x|ᵀ|y|``), and composing such bounds through the
+    backward pass gives, with the reference's cached ``Z_l, A_l`` and its
+    output delta ``dZ_L``::
+
+        D_L     = |dZ_L|
+        D_{l-1} = (D_l |W_l|ᵀ) ∘ |g'(Z_{l-1})|     (the magnitude behind dZ_{l-1})
+        dW_l   ← |A_{l-1}|ᵀ D_l / m
+        db_l   ← Σ_i D_l[i] / m
+        J      ← (1/m) Σ_i Σ |terms of L_i|        (see _loss_term_magnitudes)
+        A_L    ← |A_L|
+
+    ``D_{l-1}`` is not ``|dZ_{l-1}|``: a roundoff in ``dZ_l`` (the fast step
+    scales it by 1/m first) reaches ``dZ_{l-1} = (dZ_l W_lᵀ) ∘ g'`` in proportion
+    to ``|dZ_l| |W_l|ᵀ``, which is much larger than ``|dZ_{l-1}|`` where that
+    product cancels.
+
+    Parameters
+    ----------
+    net : MLP
+    X : (m, k), Y : (m, n_L)
+        Row layout, as the steps take them.
+
+    Returns
+    -------
+    dict
+        ``"J"`` (float), ``"A_L"`` ``(m, n_L)`` and ``"dW1", "db1", ...`` shaped like
+        the step's gradients (the net's layout), all non-negative float64.
+    """
+    L = net.L
+    _, cache = net._forward_rows(X)
+    dZ_L = net._output_delta(cache, Y)          # computed by the same code in both steps
+    c = {key: np.asarray(xprop.backend.to_numpy(v), dtype=np.float64) for key, v in cache.items()}
+    Y64 = np.asarray(xprop.backend.to_numpy(Y), dtype=np.float64)
+    m = Y64.shape[0]
+    D = np.abs(np.asarray(xprop.backend.to_numpy(dZ_L), dtype=np.float64))
+    g = net._g                                  # hidden activation: elementwise, g' ≥ 0
+    scale = {}
+    for l in range(L, 0, -1):
+        scale[f"dW{l}"] = np.abs(c[f"A{l - 1}"]).T @ D / m
+        scale[f"db{l}"] = D.sum(axis=0) / m
+        if l > 1:
+            W = np.asarray(xprop.backend.to_numpy(net._layer_params(l)[0]), dtype=np.float64)
+            D = np.abs(g.backward(np, D @ np.abs(W).T, c[f"Z{l - 1}"], c[f"A{l - 1}"]))
+    scale = net._grads_to_layout(scale)
+    scale["J"] = float(_loss_term_magnitudes(net.loss, c[f"Z{L}"], c[f"A{L}"], Y64).mean())
+    scale["A_L"] = np.abs(c[f"A{L}"])
+    return scale
+
+
+def fast_step_errors(net, X, Y, fast, reference):
+    """``‖fast − ref‖ / ‖scale‖`` per output of a training step (norm-wise, float64).
+
+    ``fast`` and ``reference`` are the ``(J, A_L, grads)`` of the two steps on
+    row-layout ``X, Y``; ``scale`` is :func:`summed_magnitudes`. A zero
+    difference is 0 and a nonzero one against a zero scale is inf.
+
+    Returns
+    -------
+    errors : dict
+        Per quantity (``"J"``, ``"A_L"``, ``"dW1"``, ...).
+    detail : dict
+        Per quantity, ``(index, fast, ref, scale)`` where ``|fast − ref|`` is largest.
+    """
+    scale = summed_magnitudes(net, X, Y)
+    (J, A, grads), (J_ref, A_ref, grads_ref) = fast, reference
+    pairs = {"J": (J, J_ref), "A_L": (A, A_ref), **{k: (grads[k], grads_ref[k]) for k in grads_ref}}
+    errors, detail = {}, {}
+    for name, (a, b) in pairs.items():
+        a = np.asarray(xprop.backend.to_numpy(a), dtype=np.float64)
+        b = np.asarray(xprop.backend.to_numpy(b), dtype=np.float64)
+        s = np.broadcast_to(np.asarray(scale[name], dtype=np.float64), b.shape)
+        diff = np.abs(a - b)
+        num, den = float(np.linalg.norm(diff)), float(np.linalg.norm(s))
+        errors[name] = 0.0 if num == 0 else (num / den if den > 0 else float("inf"))
+        i = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+        detail[name] = (tuple(int(k) for k in i), float(a[i]), float(b[i]), float(s[i]))
+    return errors, detail
+
+
+def assert_fast_step_equals_reference(net, X, Y, fast, reference, context=""):
+    """Fail unless every output of the fast step is within ``tolerance("fast")`` of the reference.
+
+    The bound is on ``‖fast − ref‖ ≤ tol · ‖scale‖`` per quantity (see
+    :func:`summed_magnitudes`). The message names the worst quantity, all the
+    errors, and where the worst one differs most (both values and the scale).
+    """
+    bound = tolerance("fast", net.dtype_name)
+    errors, detail = fast_step_errors(net, X, Y, fast, reference)
+    worst = max(errors, key=errors.get)
+    if errors[worst] <= bound:
+        return
+    i, a, b, s = detail[worst]
+    raise AssertionError(
+        f"{context + ': ' if context else ''}{worst} of the fast step differs from the reference by {errors[worst]:.3e} "
+        f"of the magnitude of its terms (bound {bound:g}, {net.dtype_name}); "
+        f"at {worst}[{', '.join(map(str, i))}] fast {a!r}, reference {b!r}, terms' magnitude {s!r}; "
+        f"all: { {k: f'{v:.2e}' for k, v in errors.items()} }"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
