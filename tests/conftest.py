@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 import xprop
+from xprop.gradcheck import example_data
 import xprop.backend
 from xprop.tolerances import TOLERANCES, tolerance  # noqa: F401  (the one table, re-exported)
 
@@ -183,28 +184,8 @@ def pytest_configure(config):
 
 # ----------------------------------------------------------------------- data
 def make_data(net, m, seed=0):
-    """Inputs and targets for ``net``, in its layout, from a seeded host RNG.
-
-    ``X`` has standard normal entries. ``Y`` is integer labels ``(m,)`` for a
-    softmax output (labels stay ``(m,)`` in both layouts), 0/1 targets for a
-    sigmoid output, standard normal values otherwise. Rows: ``X (m, k)``,
-    ``Y (m, n_L)``; columns: ``X (k, m)``, ``Y (n_L, m)``, holding exactly the
-    transposes of the row data for the same seed.
-    """
-    rng = np.random.default_rng(seed)
-    k, n_out = net.sizes[0], net.sizes[-1]
-    X = rng.standard_normal((m, k))
-    if net.output == "softmax":
-        Y = rng.integers(0, n_out, size=m)
-    elif net.output == "sigmoid":
-        Y = rng.integers(0, 2, size=(m, n_out)).astype(np.float64)
-    else:
-        Y = rng.standard_normal((m, n_out))
-    if net.layout == "columns":
-        X = np.ascontiguousarray(X.T)
-        if Y.ndim == 2:
-            Y = np.ascontiguousarray(Y.T)
-    return X, Y
+    """Inputs and targets for ``net`` in its layout: :func:`xprop.gradcheck.example_data`."""
+    return example_data(net, m, seed)
 
 
 def kink_free_gradcheck(net, m, seeds=range(50)):

@@ -44,7 +44,7 @@ from .backend import (
 from .distributed import DistributedError
 from .datasets import fit_scaler, apply_scaler, check_labels, load_data, load_digits
 from .explain import explain
-from .gradcheck import compare_backends, gradcheck
+from .gradcheck import compare_backends, example_data, gradcheck
 from .io import ModelFileError, load, read_npz
 from .losses import LOSSES
 from .network import MLP
@@ -565,21 +565,6 @@ def cmd_predict(args) -> int:
 
 
 # ------------------------------------------------------------- gradcheck / check
-def _check_data(net, m, seed):
-    """Inputs and targets for a check: standard normal X, labels / 0-1 / normal targets."""
-    rng = numpy.random.default_rng(seed)
-    k, n_out = net.sizes[0], net.sizes[-1]
-    X = rng.standard_normal((m, k))
-    if net.output == "softmax":
-        Y = rng.integers(0, n_out, size=m)
-    elif net.output == "sigmoid":
-        Y = rng.integers(0, 2, size=(m, n_out)).astype(numpy.float64)
-    else:
-        Y = rng.standard_normal((m, n_out))
-    if net.layout == "columns":
-        X = numpy.ascontiguousarray(X.T)
-        Y = numpy.ascontiguousarray(Y.T) if Y.ndim == 2 else Y
-    return X, Y
 
 
 def _skipped_backends():
@@ -594,7 +579,7 @@ def cmd_gradcheck(args) -> int:
         for layout in layouts:
             net = MLP(args.layers, activation=args.activation, output=args.output, loss=args.loss,
                       backend=name, dtype=args.dtype, seed=args.seed, layout=layout)
-            X, Y = _check_data(net, args.batch, args.seed)
+            X, Y = example_data(net, args.batch, args.seed)
             report = gradcheck(net, X, Y, eps=args.eps)
             reports.append(report)
             for param, err in report.errors.items():
@@ -628,7 +613,7 @@ def cmd_gradcheck(args) -> int:
 def cmd_check(args) -> int:
     net = MLP(args.layers, activation=args.activation, output=args.output, loss=args.loss,
               backend="numpy", dtype=args.dtype, seed=args.seed)
-    X, Y = _check_data(net, args.batch, args.seed)
+    X, Y = example_data(net, args.batch, args.seed)
     report = compare_backends(net, X, Y)
     tol = tolerance("backends", args.dtype)
     _out(f"check: the same {'-'.join(map(str, net.sizes))} net ({net.activation} → {net.output}, "

@@ -20,7 +20,33 @@ from .backend import cupy_status, to_numpy
 from .tolerances import tolerance
 from .validation import check_inputs, check_targets
 
-__all__ = ["gradcheck", "compare_backends", "relative_error", "GradcheckReport", "BackendReport"]
+__all__ = ["gradcheck", "compare_backends", "example_data", "relative_error", "GradcheckReport",
+           "BackendReport"]
+
+
+def example_data(net, m: int, seed=0):
+    """Host inputs and targets for checking ``net``, in its layout, from a seeded RNG.
+
+    ``X`` has standard normal entries. ``Y`` is integer labels ``(m,)`` for a
+    softmax output (in both layouts), 0/1 targets for a sigmoid output,
+    standard normal values otherwise. Rows: ``X (m, k)``, ``Y (m, n_L)``;
+    columns: ``X (k, m)``, ``Y (n_L, m)``, exactly the transposes of the row
+    data for the same seed.
+    """
+    rng = numpy.random.default_rng(seed)
+    k, n_out = net.sizes[0], net.sizes[-1]
+    X = rng.standard_normal((m, k))
+    if net.output == "softmax":
+        Y = rng.integers(0, n_out, size=m)
+    elif net.output == "sigmoid":
+        Y = rng.integers(0, 2, size=(m, n_out)).astype(numpy.float64)
+    else:
+        Y = rng.standard_normal((m, n_out))
+    if net.layout == "columns":
+        X = numpy.ascontiguousarray(X.T)
+        if Y.ndim == 2:
+            Y = numpy.ascontiguousarray(Y.T)
+    return X, Y
 
 
 def relative_error(a, b) -> float:
