@@ -653,9 +653,13 @@ class MLPRegressor(RegressorMixin, _XpropMLP):
         def record(rec, net):
             with np.errstate(over="ignore", invalid="ignore"):
                 pred = to_numpy(net.predict(X_val))
-            # A diverging epoch gives inf predictions; r2_score refuses those, and
-            # xprop.fit raises TrainingDiverged at the next step anyway.
-            scores.append(float(r2_score(Y_val, pred)) if np.all(np.isfinite(pred)) else float("nan"))
+            # A diverging epoch gives inf (or finite but huge, overflowing when squared)
+            # predictions; r2_score refuses the first, and either is recorded as NaN.
+            score = float("nan")
+            if np.all(np.isfinite(pred)):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    score = float(r2_score(Y_val, pred))
+            scores.append(score if np.isfinite(score) else float("nan"))
             return False
         return record
 
