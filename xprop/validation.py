@@ -13,6 +13,7 @@ import math
 import numbers
 
 from .backend import as_backend_array, dtype_kind
+from .tolerances import tolerance
 
 __all__ = [
     "check_layer_sizes",
@@ -212,7 +213,7 @@ def check_targets(net, Y, m: int, *, name: str = "Y"):
     Y = xp.astype(Y, net.dtype)
     _require_finite(xp, name, Y)
     if net.output == "softmax":
-        tol = 1e-3 if net.dtype == xp.float32 else 1e-6
+        tol = tolerance("targets", net.dtype_name)
         sums = xp.sum(Y, axis=1)
         bad = xp.any(Y < 0, axis=1) | (xp.abs(sums - 1) > tol)
         if bool(xp.any(bad)):
