@@ -86,7 +86,7 @@ def test_fused_backward_kernel_equals_registry(name, dtype):
     act = ACTIVATIONS[name]
     A = act.forward(np, Z)
     dA = rng.standard_normal((6, 5)).astype(dtype)
-    out = kernels.BACKWARD[name](dA, Z, A)
+    out = kernels.BACKWARD[name](dA, A)      # g' from A alone
     assert out.dtype == np.dtype(dtype)
     assert rel(out, act.backward(np, dA, Z, A)) <= tolerance("fast", dtype)
 
@@ -95,23 +95,29 @@ def test_fused_backward_kernel_equals_registry(name, dtype):
 def test_inplace_backward_equals_registry(name):
     rng = np.random.default_rng(2)
     Z = rng.standard_normal((6, 5))
+    Z[0, :2] = 0.0, -0.0   # at the kink both rules take g'(0) from the same side
     act = ACTIVATIONS[name]
     A = act.forward(np, Z)
     dA = rng.standard_normal((6, 5))
     expected = act.backward(np, dA, Z, A)
-    buf, tmp = dA.copy(), np.empty_like(dA)
-    out = act.backward_inplace(np, buf, Z, A, tmp)
+    # The step writes dA over Z's buffer: the fast rule must read nothing but A.
+    buf, tmp = Z.copy(), np.empty_like(dA)
+    buf[...] = dA
+    out = act.backward_inplace(np, buf, A, tmp)
     assert out is buf
     assert rel(out, expected) <= tolerance("fast", "float64")
 
 
 @pytest.mark.parametrize("name", [n for n, a in ACTIVATIONS.items() if a.forward_into])
-def test_forward_into_equals_forward(name):
-    Z = np.random.default_rng(3).standard_normal((4, 3))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forward_into_equals_forward(name, dtype):
+    Z = np.random.default_rng(3).standard_normal((4, 3)).astype(dtype)
+    Z[0, :3] = 0.0, -0.0, np.nan
     act = ACTIVATIONS[name]
     out = np.empty_like(Z)
-    assert act.forward_into(np, Z, out) is out
-    assert np.array_equal(out, act.forward(np, Z))
+    assert act.forward_into(np, Z, out, np.zeros(3, dtype)) is out
+    assert out.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(out, act.forward(np, Z))   # NaN where NaN, bit for bit
 
 
 def test_output_delta_kernel():

@@ -366,6 +366,35 @@ def synchronize(xp) -> None:
         _import_cupy().cuda.get_current_stream().synchronize()
 
 
+def all_finite(xp, a) -> bool:
+    """Whether every entry of ``a`` is finite, without an ``a``-sized temporary.
+
+    A NaN or inf anywhere makes the sum NaN or inf, so a finite sum proves
+    every entry finite in one reduction. Only a non-finite sum (a bad entry,
+    or finite entries whose sum overflows) pays for the exact elementwise
+    test. NumPy's overflow and inf − inf warnings of that sum are expected
+    here and silenced.
+    """
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        if bool(xp.isfinite(xp.sum(a))):
+            return True
+    return bool(xp.all(xp.isfinite(a)))
+
+
+def take_rows(xp, a, idx, out):
+    """``out[...] = a[idx]`` for in-bounds row indices ``idx`` (NumPy or CuPy).
+
+    NumPy's ``take`` copies into ``out`` through a temporary buffer when it has
+    to check the indices (``mode="raise"``); the batch indices are slices of a
+    permutation, always in range, so NumPy is told to wrap instead, which
+    writes straight into ``out``. CuPy's ``take`` has no ``mode`` and never
+    checks.
+    """
+    if backend_name(xp) == "numpy":
+        return a.take(idx, axis=0, out=out, mode="wrap")
+    return a.take(idx, axis=0, out=out)
+
+
 def fuse(fn):
     """``cupy.fuse(fn)`` where CuPy imports, else ``fn`` itself.
 

@@ -20,30 +20,32 @@ from .backend import fuse
 __all__ = ["BACKWARD", "output_delta", "adam_update"]
 
 
+# Like the registry's fast overrides, the backward kernels read g' from A alone
+# (A > 0 exactly where Z > 0 for the ReLU family), so dA may occupy Z's buffer.
 @fuse
-def relu_backward(dA, Z, A):
-    return dA * (Z > 0)                                   # dZ = dA ∘ [Z > 0]
+def relu_backward(dA, A):
+    return dA * (A > 0)                                   # dZ = dA ∘ [Z > 0]
 
 
 @fuse
-def leaky_relu_backward(dA, Z, A):
+def leaky_relu_backward(dA, A):
     # dZ = dA ∘ (0.01 + 0.99·[Z > 0]), written so the scalars meet dA (keeping its
     # dtype) before the boolean mask does: bool ∘ Python float would be float64.
-    return dA * LEAKY_SLOPE + (dA * (1 - LEAKY_SLOPE)) * (Z > 0)
+    return dA * LEAKY_SLOPE + (dA * (1 - LEAKY_SLOPE)) * (A > 0)
 
 
 @fuse
-def sigmoid_backward(dA, Z, A):
+def sigmoid_backward(dA, A):
     return dA * A * (1 - A)                               # dZ = dA ∘ A(1 − A)
 
 
 @fuse
-def tanh_backward(dA, Z, A):
+def tanh_backward(dA, A):
     return dA * (1 - A * A)                               # dZ = dA ∘ (1 − A²)
 
 
-# Hidden activation name -> fused backward, same signature as the registry's
-# backward without xp: (dA, Z, A) -> dZ.
+# Hidden activation name -> fused backward: (dA, A) -> dZ, the registry's
+# backward_inplace without xp and scratch.
 BACKWARD = {
     "relu": relu_backward,
     "leaky_relu": leaky_relu_backward,

@@ -17,6 +17,10 @@ from .validation import check_positive_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer"]
 
+# Largest scratch buffer (in numbers) of a whole-buffer update on NumPy: 256 kB in
+# float32, so the scratch stays a fixed size however large the net.
+SCRATCH_CHUNK = 1 << 16
+
 
 def _check_range(name, value, lo, hi, hi_open=True):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -47,7 +51,18 @@ class Optimizer:
     # Whether _update_fast may use the gradient itself as its scratch buffer.
     grads_as_scratch = False
 
-    def step(self, params, grads, *, overwrite_grads=False):
+    def grad_scale(self):
+        """A factor the caller may fold into the gradients it passes, or None.
+
+        Where the update only ever uses ``lr · g`` (plain SGD), ``fit`` asks
+        the training step for ``lr · ∇J`` directly (the factor rides on the
+        output delta with ``1/m``) and calls ``step(..., scaled=True)``: the
+        update is then one subtraction, with no pass over the gradients to
+        scale them. None for every rule that needs ``g`` itself.
+        """
+        return None
+
+    def step(self, params, grads, *, overwrite_grads=False, scaled=False):
         """Update ``params`` in place from ``grads``.
 
         Parameters
@@ -60,22 +75,48 @@ class Optimizer:
             Allow the update to use ``grads`` as work space (their values
             afterwards are unspecified). ``fit`` passes True for its own
             gradient buffers, which saves a parameter-sized buffer.
+        scaled : bool
+            ``grads`` are already multiplied by :meth:`grad_scale` (which
+            must not be None): the update is ``P −= grads``.
         """
+        if scaled and self.grad_scale() is None:
+            raise ValueError(f"scaled=True needs an optimizer with a gradient scale; {self!r} has none")
         flat = self._flat_plan(params, grads)  # names and shapes checked when the plan is made
         if flat is not None:  # every parameter in one buffer: one update for all
             self.t += 1
             xp, flat_state, tmp = flat
+            if scaled:
+                params.flat -= grads.flat              # P = P − (lr · g)
+                return
+            P, G = params.flat, grads.flat
             if overwrite_grads and self.grads_as_scratch:
-                tmp = grads.flat
-            elif tmp is None:
-                tmp = self._flat[3] = xp.empty_like(params.flat)
-            self._update_fast(xp, params.flat, grads.flat, flat_state, tmp)
+                self._update_fast(xp, P, G, flat_state, G)
+                return
+            if self.use_kernels:       # the fused kernel needs no scratch
+                self._update_fast(xp, P, G, flat_state, None)
+                return
+            if tmp is None:            # bounded: the update runs chunk by chunk
+                tmp = self._flat[3] = xp.empty((min(int(P.shape[0]), SCRATCH_CHUNK),), dtype=P.dtype)
+            n, chunk = int(P.shape[0]), int(tmp.shape[0])
+            if n <= chunk:
+                self._update_fast(xp, P, G, flat_state, tmp[:n])
+                return
+            # Elementwise, so chunk by chunk gives the same bits as one pass over everything,
+            # with a scratch buffer of at most SCRATCH_CHUNK numbers (and each chunk's
+            # operands stay in cache across the update's passes).
+            for lo in range(0, n, chunk):
+                hi = min(lo + chunk, n)
+                part = {k: buf[lo:hi] for k, buf in flat_state.items()}
+                self._update_fast(xp, P[lo:hi], G[lo:hi], part, tmp[:hi - lo])
             return
         missing = [f"d{name}" for name in params if f"d{name}" not in grads]
         if missing:
             raise ValueError(f"grads must hold a gradient for every parameter; missing {missing}")
         self.t += 1
         for name, p in params.items():
+            if scaled:
+                p -= grads[f"d{name}"]                 # P = P − (lr · g)
+                continue
             state = self.state.get(name)
             if state is None:
                 xp = get_xp(p)
@@ -195,6 +236,16 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0; got momentum=0")
         self.nesterov = bool(nesterov)
         self.state_names = ("v",) if self.momentum else ()
+
+    def grad_scale(self):
+        """``lr`` for plain SGD (no momentum, no weight decay), else None.
+
+        A subclass that changes the update gets None: the folded form assumes
+        this class's rule.
+        """
+        plain = not self.momentum and not self.weight_decay
+        same_rule = type(self)._update is SGD._update and type(self)._update_fast is SGD._update_fast
+        return self.lr if plain and same_rule else None
 
     def _update(self, xp, p, g, state):
         if self.weight_decay:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy
 
 from . import distributed as _dist
-from .backend import memory_pool_bytes, set_memory_limit, strict_device, to_numpy
+from .backend import all_finite, memory_pool_bytes, set_memory_limit, strict_device, take_rows, to_numpy
 from .fast import TrainStep, supports_fast_path
 from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
 from .optim import Adam, Optimizer, make_optimizer
@@ -465,8 +465,8 @@ class _Batches:
                     self._buffers[n] = (xp.empty((n, X.shape[1]), dtype=X.dtype),
                                         xp.empty((n, Y.shape[1]), dtype=Y.dtype))
                 Xb, Yb = self._buffers[n]
-                X.take(idx, axis=0, out=Xb)
-                Y.take(idx, axis=0, out=Yb)
+                take_rows(xp, X, idx, Xb)
+                take_rows(xp, Y, idx, Yb)
                 yield i, Xb, Yb
         else:
             Xs, Ys = _take(xp, X, order), _take(xp, Y, order)
@@ -478,19 +478,21 @@ def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar)
     """One epoch of steps in this process; returns the batch losses (device) and correct count."""
     xp = net.xp
     losses, correct = [], None
-    own_step = type(optimizer).step is Optimizer.step  # a subclass's own step may not take the keyword
+    own_step = type(optimizer).step is Optimizer.step  # a subclass's own step may not take the keywords
+    # Plain SGD: the step returns lr·∇J (lr folded in with 1/m) and the update is P −= it.
+    scale = optimizer.grad_scale() if own_step and isinstance(step, TrainStep) else None
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for i, Xb, Yb in batches(order):
-            J, AL, grads = step(Xb, Yb)
+            J, AL, grads = step(Xb, Yb) if scale is None else step(Xb, Yb, scale)
             losses.append(J)
             if labels is not None:                 # softmax: keep the predicted class
-                preds[i:i + Xb.shape[0]] = xp.argmax(AL, axis=1)
+                AL.argmax(axis=1, out=preds[i:i + Xb.shape[0]])
             else:
                 c = _correct(net, AL, Yb)
                 if c is not None:
                     correct = c if correct is None else correct + c
             if own_step:   # the grads are the step's own buffers: the update may reuse them
-                optimizer.step(net.params, grads, overwrite_grads=True)
+                optimizer.step(net.params, grads, overwrite_grads=True, scaled=scale is not None)
             else:
                 optimizer.step(net.params, grads)
             bar.update(1)
@@ -565,7 +567,7 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
                 finite = batch_losses[:bad[0]]
                 last = float(finite[-1]) if finite.size else (history.loss[-1] if history.loss else None)
                 raise TrainingDiverged(epoch, int(bad[0]) + 1, last)
-            if not all(bool(xp.all(xp.isfinite(p))) for p in net.params.values()):
+            if not all(all_finite(xp, p) for p in net.params.values()):
                 # every loss was finite but the last update was not: do not checkpoint it
                 raise TrainingDiverged(epoch, steps, float(batch_losses[-1]))
             loss = float(batch_losses @ batch_sizes / m)   # mean over the epoch's examples

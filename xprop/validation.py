@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .backend import as_backend_array, dtype_kind
+from .backend import all_finite, as_backend_array, dtype_kind
 from .tolerances import tolerance
 
 __all__ = [
@@ -103,9 +103,8 @@ def _first_example(xp, bad) -> int:
 
 
 def _require_finite(xp, name: str, a):
-    finite = xp.isfinite(a)
-    if not bool(xp.all(finite)):  # the error path only: count and locate what is wrong
-        bad = xp.logical_not(finite)
+    if not all_finite(xp, a):  # the error path only: count and locate what is wrong
+        bad = xp.logical_not(xp.isfinite(a))
         n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
         raise ValueError(
             f"{name} contains NaN or inf ({n_bad} value{'' if n_bad == 1 else 's'}, the first in "
