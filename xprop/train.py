@@ -33,7 +33,7 @@ from .backend import all_finite, memory_pool_bytes, set_memory_limit, strict_dev
 from .fast import TrainStep, supports_fast_path
 from .io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
 from .optim import Adam, Optimizer, make_optimizer
-from .validation import check_inputs, check_positive_int, check_seed, check_targets
+from .validation import check_inputs, check_positive_int, check_seed, check_targets, one_hot
 
 __all__ = ["fit", "History", "TrainingDiverged", "evaluate"]
 
@@ -124,9 +124,13 @@ def _outputs_per_example(net) -> int:
 
 def _evaluate_sums(net, X, Y, chunk: int = 4096):
     """Summed loss and correct count over row-layout ``X, Y`` (device arrays), in chunks."""
+    return _evaluate_chunks(net, ((X[i:i + chunk], Y[i:i + chunk]) for i in range(0, X.shape[0], chunk)))
+
+
+def _evaluate_chunks(net, chunks):
+    """Summed loss and correct count over ``(X_c, Y_c)`` chunks (row layout)."""
     total, correct = 0.0, 0
-    for i in range(0, X.shape[0], chunk):
-        Xc, Yc = X[i:i + chunk], Y[i:i + chunk]
+    for Xc, Yc in chunks:
         _, cache = net._forward_rows(Xc)
         total += float(net._cost_rows(cache, Yc)) * Xc.shape[0]
         c = _correct(net, cache[f"A{net.L}"], Yc)
@@ -140,6 +144,13 @@ def _evaluate_rows(net, X, Y, chunk: int = 4096):
     total, correct = _evaluate_sums(net, X, Y, chunk)
     acc = None if correct is None else correct / (m * _outputs_per_example(net))
     return total / m, acc
+
+
+def _evaluate_data(net, data, chunk: int = 4096):
+    """:func:`_evaluate_rows` over a :class:`_Data` (its rows gathered chunk by chunk)."""
+    total, correct = _evaluate_chunks(net, data.chunks(chunk))
+    acc = None if correct is None else correct / (data.m * _outputs_per_example(net))
+    return total / data.m, acc
 
 
 def _evaluate_sharded(net, ctx, X, Y):
@@ -168,25 +179,98 @@ def _take(xp, a, idx):
     return xp.take(a, idx, axis=0)
 
 
-def _split_validation(net, X, Y, validation, rng):
+class _Data:
+    """fit's training (or validation) examples: rows of ``X`` and their targets, not copied.
+
+    Attributes
+    ----------
+    X : (N, k)
+        The inputs as given (row layout, the net's dtype).
+    Y : (N, n_L) or None
+        Target rows, or None when ``labels`` are kept instead.
+    labels : (N,) int64 or None
+        Class labels of a softmax net given labels: one-hot rows are built
+        only for the rows in use (a batch, an evaluation chunk), never for the
+        whole data set.
+    rows : (m,) int or None
+        The examples this set is made of (a validation fraction splits the
+        indices, not the data), or None for all ``N`` in order.
+    m : int
+        Number of examples.
+    """
+
+    def __init__(self, net, X, Y, labels, rows=None):
+        self.net, self.xp = net, net.xp
+        self.X, self.Y, self.labels, self.rows = X, Y, labels, rows
+        self.m = int(X.shape[0] if rows is None else rows.shape[0])
+
+    def subset(self, rows):
+        return _Data(self.net, self.X, self.Y, self.labels, rows)
+
+    def targets(self, idx=None, lo=0, hi=None):
+        """Target rows of examples ``idx`` (indices into X), or of rows ``lo:hi`` when idx is None."""
+        xp, net = self.xp, self.net
+        if self.labels is None:
+            return self.Y[lo:hi] if idx is None else _take(xp, self.Y, idx)
+        labels = self.labels[lo:hi] if idx is None else _take(xp, self.labels, idx)
+        return one_hot(xp, labels, net.sizes[-1], net.dtype)
+
+    def chunks(self, size):
+        """``(X_c, Y_c)`` of every example, ``size`` at a time, in order."""
+        for i in range(0, self.m, size):
+            if self.rows is None:
+                yield self.X[i:i + size], self.targets(lo=i, hi=i + size)
+            else:
+                idx = self.rows[i:i + size]
+                yield _take(self.xp, self.X, idx), self.targets(idx)
+
+    def arrays(self):
+        """``(X, Y)`` of this set as arrays (copies where it is a subset or holds labels)."""
+        if self.rows is None:
+            return self.X, self.targets()
+        return _take(self.xp, self.X, self.rows), self.targets(self.rows)
+
+    def truth(self):
+        """The class of every example of X (softmax accuracy): the labels, or argmax of Y."""
+        return self.labels if self.labels is not None else self.xp.argmax(self.Y, axis=1)
+
+
+def _permutation(rng, m: int):
+    """``rng.permutation(m)``: the same order from the same draws, shuffled in place, as int32
+    where ``m`` allows (4 bytes an example, the only array of fit that grows with the data
+    besides the predictions)."""
+    order = numpy.arange(m, dtype=numpy.int32 if m < 2**31 else numpy.int64)
+    rng.shuffle(order)
+    return order
+
+
+def _split_validation(net, data, validation, rng):
+    """``(train, val)`` :class:`_Data`; a fraction splits the example indices with ``rng``."""
     xp = net.xp
     if validation is None:
-        return X, Y, None, None
+        return data, None
     if isinstance(validation, float) and not isinstance(validation, bool):
         if not 0.0 < validation < 1.0:
             raise ValueError(f"validation as a fraction must be in (0, 1); got {validation!r}")
-        m = X.shape[0]
+        m = data.m
         n_val = max(1, int(round(validation * m)))
         if n_val >= m:
             raise ValueError(f"validation={validation} leaves no training examples out of {m}")
         order = xp.asarray(rng.permutation(m))
         val_idx, train_idx = order[:n_val], order[n_val:]
-        return _take(xp, X, train_idx), _take(xp, Y, train_idx), _take(xp, X, val_idx), _take(xp, Y, val_idx)
+        return data.subset(train_idx), data.subset(val_idx)
     if isinstance(validation, (tuple, list)) and len(validation) == 2:
         Xv = check_inputs(net, validation[0], name="validation X")
-        Yv = check_targets(net, validation[1], Xv.shape[0], name="validation Y")
-        return X, Y, Xv, Yv
+        Yv = check_targets(net, validation[1], Xv.shape[0], name="validation Y", keep_labels=True)
+        return data, _fit_data(net, Xv, Yv)
     raise TypeError(f"validation must be None, a fraction in (0, 1) or a pair (X_val, Y_val); got {type(validation).__name__}")
+
+
+def _fit_data(net, X, T):
+    """A :class:`_Data` from checked inputs and ``check_targets(..., keep_labels=True)`` output."""
+    if T.ndim == 1:                                      # softmax class labels, kept as labels
+        return _Data(net, X, None, T)
+    return _Data(net, X, T, None)
 
 
 def _reference_step(net):
@@ -439,43 +523,69 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
 class _Batches:
     """The mini-batches of an epoch, gathered into reused buffers.
 
-    With shuffling, each batch's rows are gathered from the (unshuffled)
-    data straight into a buffer allocated once per batch size (``take`` with
-    ``out=`` on NumPy and CuPy), so an epoch never copies the whole data set
-    and the batch is still in cache when the first matrix product reads it.
-    Other namespaces slice a shuffled copy.
+    ``batches(order)`` yields ``(i, X_b, Y_b)`` for the examples ``order``
+    (indices into ``data.X``, the epoch's order), ``B`` at a time, or, with
+    ``order`` None, for ``data.X``'s rows as they are: slices, no copy. The
+    rows of a batch are gathered from the (unshuffled) data straight into a
+    buffer allocated once per batch size (``take`` with ``out=`` on NumPy and
+    CuPy), so an epoch never copies the data set and the batch is still in
+    cache when the first matrix product reads it. Class labels become the
+    batch's one-hot rows in a buffer too. Other namespaces allocate each batch.
     """
 
-    def __init__(self, xp, X, Y, B):
-        self.xp, self.X, self.Y, self.B = xp, X, Y, B
-        self.m = X.shape[0]
-        self.fast = supports_fast_path(xp)
+    def __init__(self, data, B):
+        self.data, self.xp, self.B = data, data.xp, B
+        self.fast = supports_fast_path(self.xp)
         self._buffers = {}
+        if data.labels is not None:
+            self.classes = self.xp.arange(data.net.sizes[-1], dtype=data.labels.dtype)[None, :]
+
+    def _buffer(self, n):
+        if n not in self._buffers:
+            xp, d = self.xp, self.data
+            Xb = xp.empty((n, d.X.shape[1]), dtype=d.X.dtype)
+            Yb = xp.empty((n, d.net.sizes[-1]), dtype=d.net.dtype)
+            lab = xp.empty((n,), dtype=d.labels.dtype) if d.labels is not None else None
+            self._buffers[n] = (Xb, Yb, lab)
+        return self._buffers[n]
+
+    def _one_hot(self, labels, Yb):
+        # Y_b[i, j] = [labels_i == j], written into the buffer (bool → float: a safe cast)
+        return self.xp.equal(labels[:, None], self.classes, out=Yb)
 
     def __call__(self, order):
-        xp, X, Y, B, m = self.xp, self.X, self.Y, self.B, self.m
-        if order is None:
-            for i in range(0, m, B):
-                yield i, X[i:i + B], Y[i:i + B]
-        elif self.fast:
-            for i in range(0, m, B):
+        xp, d, B = self.xp, self.data, self.B
+        m = d.m if order is None else int(order.shape[0])
+        for i in range(0, m, B):
+            if order is None:
+                Xb = d.X[i:i + B]
+                if d.labels is None:
+                    yield i, Xb, d.Y[i:i + B]
+                elif self.fast:
+                    yield i, Xb, self._one_hot(d.labels[i:i + B], self._buffer(Xb.shape[0])[1])
+                else:
+                    yield i, Xb, d.targets(lo=i, hi=i + B)
+            elif self.fast:
                 idx = order[i:i + B]
-                n = idx.shape[0]
-                if n not in self._buffers:
-                    self._buffers[n] = (xp.empty((n, X.shape[1]), dtype=X.dtype),
-                                        xp.empty((n, Y.shape[1]), dtype=Y.dtype))
-                Xb, Yb = self._buffers[n]
-                take_rows(xp, X, idx, Xb)
-                take_rows(xp, Y, idx, Yb)
+                Xb, Yb, lab = self._buffer(idx.shape[0])
+                take_rows(xp, d.X, idx, Xb)
+                if d.labels is None:
+                    take_rows(xp, d.Y, idx, Yb)
+                else:
+                    self._one_hot(take_rows(xp, d.labels, idx, lab), Yb)
                 yield i, Xb, Yb
-        else:
-            Xs, Ys = _take(xp, X, order), _take(xp, Y, order)
-            for i in range(0, m, B):
-                yield i, Xs[i:i + B], Ys[i:i + B]
+            else:
+                idx = order[i:i + B]
+                yield i, _take(xp, d.X, idx), d.targets(idx)
 
 
-def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar):
-    """One epoch of steps in this process; returns the batch losses (device) and correct count."""
+def _local_epoch(net, step, optimizer, batches, order, truth, preds, bar):
+    """One epoch of steps in this process; returns the batch losses (device) and correct count.
+
+    ``order`` is the epoch's examples (indices into the data's X) or None for
+    its rows in order; ``truth`` the class of every row of X (softmax nets) and
+    ``preds`` a buffer for the predicted class of every step's examples.
+    """
     xp = net.xp
     losses, correct = [], None
     own_step = type(optimizer).step is Optimizer.step  # a subclass's own step may not take the keywords
@@ -485,7 +595,7 @@ def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar)
         for i, Xb, Yb in batches(order):
             J, AL, grads = step(Xb, Yb) if scale is None else step(Xb, Yb, scale)
             losses.append(J)
-            if labels is not None:                 # softmax: keep the predicted class
+            if truth is not None:                  # softmax: keep the predicted class
                 AL.argmax(axis=1, out=preds[i:i + Xb.shape[0]])
             else:
                 c = _correct(net, AL, Yb)
@@ -496,9 +606,12 @@ def _local_epoch(net, step, optimizer, batches, X, Y, order, labels, preds, bar)
             else:
                 optimizer.step(net.params, grads)
             bar.update(1)
-    if labels is not None:
-        labels_s = labels if order is None else _take(xp, labels, order)
-        correct = xp.sum(xp.astype(preds == labels_s, xp.int64))
+    if truth is not None:   # compared chunk by chunk: no temporaries the size of the data
+        correct, chunk = 0, 4096
+        for lo in range(0, preds.shape[0], chunk):
+            hi = min(lo + chunk, preds.shape[0])
+            expected = truth[lo:hi] if order is None else _take(xp, truth, order[lo:hi])
+            correct = correct + xp.sum(preds[lo:hi] == expected, dtype=xp.int64)
     return losses, correct
 
 
@@ -506,18 +619,22 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
          checkpoint, resume, patience, callbacks, ctx, strict=False, gpu_mem_limit=None):
     """The body of :func:`fit`, arguments checked; ``ctx`` is the MPI context or None."""
     xp = net.xp
-    # Data: checked once, moved to the backend once.
+    # Data: checked once, moved to the backend once, never copied (a validation
+    # fraction splits the indices; class labels stay labels).
     Xr = check_inputs(net, X)
-    Yr = check_targets(net, Y, Xr.shape[0])
+    data = _fit_data(net, Xr, check_targets(net, Y, Xr.shape[0], keep_labels=True))
     dp = None
     if ctx is not None:   # the same call on every rank, the same seed, one gradient buffer
         dp = _dist.DataParallel(ctx, net)
-        seed = dp.agree(_signature(net, Xr, Yr, epochs, batch_size, optimizer, validation, shuffle,
-                                   seed, checkpoint, resume, patience), seed)
+        seed = dp.agree(_signature(net, Xr, data.targets(), epochs, batch_size, optimizer, validation,
+                                   shuffle, seed, checkpoint, resume, patience), seed)
     split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
-    Xr, Yr, Xv, Yv = _split_validation(net, Xr, Yr, validation, numpy.random.default_rng(split_seq))
+    data, val = _split_validation(net, data, validation, numpy.random.default_rng(split_seq))
+    if dp is not None:    # each rank copies its rows of every epoch: plain arrays
+        Xr, Yr = data.arrays()
+        Xv, Yv = val.arrays() if val is not None else (None, None)
     rng = numpy.random.default_rng(shuffle_seq)
-    m = Xr.shape[0]
+    m = data.m
     B = min(batch_size, m)
     steps = math.ceil(m / B)
 
@@ -541,9 +658,9 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
     step = TrainStep(net) if supports_fast_path(xp) else _reference_step(net)
     if dp is not None:
         dp.prepare(step, m, B)
-    labels = xp.argmax(Yr, axis=1) if net.output == "softmax" and dp is None else None
-    preds = xp.empty((m,), dtype=xp.int64) if labels is not None else None
-    batches = _Batches(xp, Xr, Yr, B)
+    truth = data.truth() if net.output == "softmax" and dp is None else None
+    preds = xp.empty((m,), dtype=xp.int64) if truth is not None else None
+    batches = _Batches(data, B)
     if gpu_mem_limit is not None:
         set_memory_limit(xp, gpu_mem_limit)
     bar = _progress_bar((epochs - start) * steps, progress)
@@ -556,10 +673,12 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
                 batch_losses, correct = _distributed_epoch(net, dp, step, optimizer,
                                                            *dp.local_rows(Xr, Yr, order), bar)
             else:
-                order = xp.asarray(rng.permutation(m)) if shuffle else None
+                order = xp.asarray(_permutation(rng, m)) if shuffle else None
+                if data.rows is not None:          # positions in the training set -> rows of X
+                    order = data.rows if order is None else _take(xp, data.rows, order)
                 with strict_device(xp, strict):
-                    losses, correct = _local_epoch(net, step, optimizer, batches, Xr, Yr, order,
-                                                   labels, preds, bar)
+                    losses, correct = _local_epoch(net, step, optimizer, batches, order,
+                                                   truth, preds, bar)
                 # One read-back per epoch: the batch losses (and the correct count).
                 batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
             bad = numpy.flatnonzero(~numpy.isfinite(batch_losses))
@@ -573,9 +692,9 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
             loss = float(batch_losses @ batch_sizes / m)   # mean over the epoch's examples
             acc = None if correct is None else int(correct) / (m * _outputs_per_example(net))
             val_loss = val_acc = None
-            if Xv is not None:
+            if val is not None:
                 with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                    val_loss, val_acc = (_evaluate_rows(net, Xv, Yv) if dp is None
+                    val_loss, val_acc = (_evaluate_data(net, val) if dp is None
                                          else _evaluate_sharded(net, ctx, Xv, Yv))
             seconds = time.perf_counter() - t0
             used, total = memory_pool_bytes(xp)

@@ -24,6 +24,7 @@ __all__ = [
     "check_positive_int",
     "check_inputs",
     "check_targets",
+    "one_hot",
 ]
 
 
@@ -157,8 +158,23 @@ def check_inputs(net, X, *, name: str = "X"):
     return X
 
 
-def check_targets(net, Y, m: int, *, name: str = "Y"):
+def one_hot(xp, labels, n_out: int, dtype, out=None):
+    """One-hot rows ``(m, n_out)`` of int ``labels : (m,)``; into ``out`` if given (NumPy, CuPy)."""
+    classes = xp.arange(n_out, dtype=labels.dtype)
+    hits = labels[:, None] == classes[None, :]
+    if out is None:
+        return xp.astype(hits, dtype)
+    out[...] = hits
+    return out
+
+
+def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False):
     """Targets in the row layout: ``(m, n_L)`` in the net's dtype.
+
+    With ``keep_labels=True`` the class labels of a softmax net are checked
+    and returned as they are, ``(m,)`` int64 (``fit`` builds each batch's
+    one-hot rows instead of the whole data set's). Targets already in the
+    net's dtype are not copied.
 
     Accepted forms
     --------------
@@ -186,15 +202,16 @@ def check_targets(net, Y, m: int, *, name: str = "Y"):
                 raise ValueError(
                     f"{name} as 1-D labels must hold whole class numbers 0..{n_out - 1}; got fractional values"
                 )
-        labels = xp.astype(Y, xp.int64)
+        labels = xp.astype(Y, xp.int64, copy=False)
         lo, hi = int(xp.min(labels)), int(xp.max(labels))
         if lo < 0 or hi >= n_out:  # checked explicitly: CuPy does not raise on bad indices
             raise ValueError(
                 f"{name} labels must be in 0..{n_out - 1} for a net with {n_out} outputs; "
                 f"got values from {lo} to {hi}"
             )
-        classes = xp.arange(n_out, dtype=xp.int64)
-        return xp.astype(labels[:, None] == classes[None, :], net.dtype)
+        if keep_labels:
+            return labels
+        return one_hot(xp, labels, n_out, net.dtype)
     if Y.ndim == 1:
         if n_out != 1:
             raise ValueError(
@@ -209,7 +226,7 @@ def check_targets(net, Y, m: int, *, name: str = "Y"):
             f"{name} must have {n_out} output columns {net.shape_text('Y')}; "
             f"got shape {tuple(Y.T.shape if net.layout == 'columns' else Y.shape)}"
         )
-    Y = xp.astype(Y, net.dtype)
+    Y = xp.astype(Y, net.dtype, copy=False)
     _require_finite(xp, name, Y)
     if net.output == "softmax":
         tol = tolerance("targets", net.dtype_name)
