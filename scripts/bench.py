@@ -6,8 +6,16 @@ The contenders run interleaved, round by round, so a slow moment of a shared
 machine hits all of them alike; the table reports the median and the best
 round, and ratios per round (xprop / other), never a single absolute time.
 
+Every contender trains on the same batches: by default consecutive slices of
+the data, as a plain PyTorch loop over a tensor takes them; with ``--shuffle``
+every contender reshuffles each epoch and gathers each batch's rows (xprop:
+``fit``'s default shuffle; PyTorch: ``randperm`` and ``index_select``;
+scikit-learn: ``shuffle=True``), which adds a copy of every batch that the
+matmul-only floor does not pay.
+
     python scripts/bench.py                       # the three reference configs, 1 thread
     python scripts/bench.py --threads 1,2 --rounds 7 --json bench.json
+    python scripts/bench.py --shuffle             # shuffled epochs: every batch gathered
     python scripts/bench.py --sizes 784-512-10:256 --quick
     python scripts/bench.py --backend cupy        # on a GPU
     python scripts/bench.py --distributed --ranks 1,2,4   # data-parallel over MPI (xprop[dist])
@@ -18,6 +26,15 @@ xprop    ``xprop.fit`` with plain SGD (its per-epoch timer, i.e. the step fit ru
 floor    only the matrix products of the same step, into preallocated buffers
 torch    PyTorch eager: nn.Sequential, cross-entropy, torch.optim.SGD (if installed)
 sklearn  MLPClassifier, one epoch of solver="sgd" (if installed; CPU only)
+
+Memory mode
+-----------
+``--memory`` traces ``fit`` (tracemalloc) for SGD and Adam at each config and
+compares the peak with params + optimizer state + one batch's forward cache;
+it runs every config at two data-set sizes (``--steps`` batches and four
+times as many) and reports how many bytes per training example the peak
+grows by: what ``fit`` keeps per example (the epoch's permutation and the
+predictions), which no budget of the net's size can cover.
 
 PyTorch and scikit-learn are optional: the script says which it skipped and why.
 
@@ -86,18 +103,19 @@ def make_data(sizes, batch, steps, seed=0):
 class XpropRunner:
     name = "xprop"
 
-    def __init__(self, sizes, batch, steps, backend, dtype):
+    def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
         self.net = xprop.MLP(list(sizes), activation="relu", output="softmax", backend=backend,
                              dtype=dtype, seed=0)
         self.opt = xprop.SGD(lr=0.01)
         self.X, self.y = make_data(sizes, batch, steps)
-        self.batch = batch
+        self.batch, self.shuffle, self.rounds = batch, shuffle, 0
         xp = self.net.xp
         self.X, self.y = xp.asarray(self.X), xp.asarray(self.y)  # data on the device once
 
     def run(self):
+        self.rounds += 1   # a new shuffle every round, as epochs of one run would have
         h = xprop.fit(self.net, self.X, self.y, epochs=1, batch_size=self.batch,
-                      optimizer=self.opt, progress=False, seed=0)
+                      optimizer=self.opt, progress=False, seed=self.rounds, shuffle=self.shuffle)
         return h.samples_per_s[-1]
 
 
@@ -106,7 +124,7 @@ class FloorRunner:
 
     name = "floor"
 
-    def __init__(self, sizes, batch, steps, backend, dtype):
+    def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
         xp = self.xp = xprop.get_xp(backend)
         rng = numpy.random.default_rng(0)
         f = lambda *shape: xp.asarray(rng.standard_normal(shape).astype(dtype))  # noqa: E731
@@ -134,7 +152,7 @@ class FloorRunner:
 class TorchRunner:
     name = "torch"
 
-    def __init__(self, sizes, batch, steps, backend, dtype):
+    def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
         import torch  # noqa: PLC0415
 
         self.torch = torch
@@ -150,14 +168,21 @@ class TorchRunner:
         X, y = make_data(sizes, batch, steps)
         self.X = torch.from_numpy(X).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
-        self.steps, self.batch = steps, batch
+        self.steps, self.batch, self.shuffle = steps, batch, shuffle
+        self.gen = torch.Generator(device=self.device).manual_seed(0)
 
     def run(self):
         torch = self.torch
         t0 = time.perf_counter()
+        if self.shuffle:
+            order = torch.randperm(len(self.X), generator=self.gen, device=self.device)
         for i in range(self.steps):
-            xb = self.X[i * self.batch:(i + 1) * self.batch]
-            yb = self.y[i * self.batch:(i + 1) * self.batch]
+            if self.shuffle:
+                idx = order[i * self.batch:(i + 1) * self.batch]
+                xb, yb = self.X.index_select(0, idx), self.y.index_select(0, idx)
+            else:
+                xb = self.X[i * self.batch:(i + 1) * self.batch]
+                yb = self.y[i * self.batch:(i + 1) * self.batch]
             self.opt.zero_grad(set_to_none=True)
             self.loss(self.model(xb), yb).backward()
             self.opt.step()
@@ -169,7 +194,7 @@ class TorchRunner:
 class SklearnRunner:
     name = "sklearn"
 
-    def __init__(self, sizes, batch, steps, backend, dtype):
+    def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
         if backend == "cupy":
             raise RuntimeError("scikit-learn's MLP runs on the CPU only")
         from sklearn.neural_network import MLPClassifier  # noqa: PLC0415
@@ -177,7 +202,7 @@ class SklearnRunner:
         self.X, self.y = make_data(sizes, batch, steps)
         self.clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu",
                                  solver="sgd", learning_rate_init=0.01, momentum=0.0, alpha=0.0,
-                                 batch_size=batch, max_iter=1, shuffle=True, random_state=0)
+                                 batch_size=batch, max_iter=1, shuffle=shuffle, random_state=0)
 
     def run(self):
         from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
@@ -218,7 +243,7 @@ def bench_config(sizes, batch, args, skipped):
         if cls.name not in args.only:
             continue
         try:
-            runners.append(cls(sizes, batch, steps, args.backend, args.dtype))
+            runners.append(cls(sizes, batch, steps, args.backend, args.dtype, args.shuffle))
         except ImportError as exc:
             skipped[cls.name] = f"not installed ({exc.name})"
         except RuntimeError as exc:
@@ -236,13 +261,14 @@ def bench_config(sizes, batch, args, skipped):
     return steps, results
 
 
-def summarise(sizes, batch, steps, results):
+def summarise(sizes, batch, steps, results, shuffle=False):
     gflop = step_flops(sizes, batch) / batch / 1e9
     rows = []
     for n_threads, rounds in results.items():
         x = rounds.get("xprop")
         for name, values in rounds.items():
             row = {"config": "-".join(map(str, sizes)), "batch": batch, "threads": n_threads,
+                   "shuffle": shuffle,
                    "contender": name, "median": statistics.median(values), "best": max(values),
                    "gflops_median": statistics.median(values) * gflop, "rounds": values,
                    "steps_per_round": steps}
@@ -419,7 +445,7 @@ def memory_report(sizes, batch, steps, optimizer, epochs=3):
 
     NumPy reports its allocations to tracemalloc. The data and the net exist
     before tracing starts, so what is traced is what ``fit`` itself allocates;
-    the budget is the issue's: params + optimizer state + one batch's forward
+    the budget is params + optimizer state + one batch's forward
     cache (X, and Z, A of every layer). ``growth`` is the traced memory after
     the last epoch minus after the first (0 means nothing accumulates).
     """
@@ -451,11 +477,16 @@ def memory_report(sizes, batch, steps, optimizer, epochs=3):
 
 def print_memory(rows):
     print(f"{'config':<18} {'batch':>5} {'opt':<5} {'params':>9} {'state':>9} {'cache':>9} "
-          f"{'peak (fit)':>11} {'peak/budget':>11} {'growth':>7}")
+          f"{'examples':>8} {'peak (fit)':>11} {'÷ budget':>8} {'4x data':>8} {'B/example':>9} "
+          f"{'growth':>7}")
     for r in rows:
         print(f"{r['config']:<18} {r['batch']:>5} {r['optimizer']:<5} {r['params_bytes']:>9,} "
-              f"{r['state_bytes']:>9,} {r['cache_bytes']:>9,} {r['peak_traced_bytes']:>11,} "
-              f"{r['peak_over_budget']:>11.2f} {r['growth_bytes']:>7,}")
+              f"{r['state_bytes']:>9,} {r['cache_bytes']:>9,} {r['examples']:>8,} "
+              f"{r['peak_traced_bytes']:>11,} {r['peak_over_budget']:>8.2f} "
+              f"{r['peak_over_budget_4x']:>8.2f} {r['bytes_per_example']:>9.1f} {r['growth_bytes']:>7,}")
+    print("÷ budget: peak over params + optimizer state + one batch's cache; 4x data: the same "
+          "with four times the examples; B/example: what the peak grows by per example; growth: "
+          "traced bytes after the last epoch minus after the first")
 
 
 def main(argv=None):
@@ -468,6 +499,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="steps per round (default: by config size)")
     p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
     p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
+    p.add_argument("--shuffle", action="store_true",
+                   help="every contender reshuffles each epoch and gathers its batches")
     p.add_argument("--json", type=Path, default=None, help="write results and environment here")
     p.add_argument("--digits", action="store_true",
                    help="seconds per epoch on the bundled digits vs scikit-learn's MLPClassifier")
@@ -503,8 +536,17 @@ def main(argv=None):
             args.json.write_text(json.dumps({"environment": environment(args.backend), "digits": r}, indent=2))
         return 0
     if args.memory:
-        rows = [memory_report(sizes, batch, args.steps or 20, opt)
-                for sizes, batch in configs for opt in ("sgd", "adam")]
+        rows = []
+        for sizes, batch in configs:
+            for opt in ("sgd", "adam"):
+                steps = args.steps or 20
+                row = memory_report(sizes, batch, steps, opt)
+                big = memory_report(sizes, batch, 4 * steps, opt)
+                row["peak_traced_bytes_4x"] = big["peak_traced_bytes"]
+                row["peak_over_budget_4x"] = big["peak_over_budget"]
+                row["bytes_per_example"] = ((big["peak_traced_bytes"] - row["peak_traced_bytes"])
+                                            / (big["examples"] - row["examples"]))
+                rows.append(row)
         print_memory(rows)
         if args.json:
             args.json.write_text(json.dumps({"environment": environment(args.backend),
@@ -514,8 +556,10 @@ def main(argv=None):
     all_rows, skipped = [], {}
     for sizes, batch in configs:
         steps, results = bench_config(sizes, batch, args, skipped)
-        all_rows += summarise(sizes, batch, steps, results)
+        all_rows += summarise(sizes, batch, steps, results, args.shuffle)
     print_table(all_rows)
+    print("batches: " + ("shuffled every epoch, each gathered (--shuffle)" if args.shuffle
+                         else "consecutive slices of the data, the same for every contender"))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     if args.json:

@@ -434,3 +434,28 @@ def test_gpu_cases_run_where_cupy_is_usable(run_suite):
     assert "GPU: device 0: Fake GPU, 1.0 GiB" in out
     assert "4 passed" in out
     assert "gpu-marked tests: 2 ran (2 passed, 0 failed), 0 skipped" in out
+
+
+# ------------------------------------------------------------- helpers of the fast paths
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_all_finite_finds_one_bad_entry(bad):
+    a = np.ones((50, 7), dtype=np.float32)
+    assert xprop.backend.all_finite(np, a)
+    a[31, 4] = bad
+    assert not xprop.backend.all_finite(np, a)
+
+
+def test_all_finite_when_the_sum_overflows_but_every_entry_is_finite():
+    """A finite array whose sum overflows takes the exact path (and warns nothing)."""
+    a = np.full((4, 3), np.finfo(np.float32).max, dtype=np.float32)
+    assert xprop.backend.all_finite(np, a)
+    a[0, 0], a[1, 1] = np.inf, -np.inf        # the sum is inf − inf = NaN
+    assert not xprop.backend.all_finite(np, a)
+
+
+def test_take_rows_writes_the_rows_into_the_buffer():
+    a = np.arange(30.0).reshape(10, 3)
+    out = np.empty((4, 3))
+    idx = np.array([7, 0, 9, 3], dtype=np.int32)
+    assert xprop.backend.take_rows(np, a, idx, out) is out
+    assert np.array_equal(out, a[idx])

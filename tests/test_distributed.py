@@ -258,16 +258,17 @@ def test_train_step_writes_its_gradients_into_the_flat_buffer(digits64, layout):
     X, y = digits64
     net = xprop.MLP([64, 32, 10], backend="numpy", dtype="float64", seed=3, layout=layout)
     buf, step = GradBuffer(net), TrainStep(net)
-    buf.adopt(step, 17)
-    Xr = xprop.validation.check_inputs(net, X[:17].T if layout == "columns" else X[:17])
-    Yr = xprop.validation.check_targets(net, y[:17], 17)
-    _, _, grads = step(Xr, Yr)
-    assert grads is buf.grads
-    _, cache = net._forward_rows(Xr)
-    reference = net._grads_to_layout(net._backward_rows(cache, Yr))
-    for k, g in grads.items():
-        assert np.shares_memory(g, buf.flat)
-        assert rel_err(g, reference[k]) <= tolerance("fast", "float64"), k
+    buf.adopt(step)
+    for m in (17, 5, 30):    # every batch size, smaller or larger than the first
+        Xr = xprop.validation.check_inputs(net, X[:m].T if layout == "columns" else X[:m])
+        Yr = xprop.validation.check_targets(net, y[:m], m)
+        _, _, grads = step(Xr, Yr)
+        assert grads is buf.grads
+        _, cache = net._forward_rows(Xr)
+        reference = net._grads_to_layout(net._backward_rows(cache, Yr))
+        for k, g in grads.items():
+            assert np.shares_memory(g, buf.flat)
+            assert rel_err(g, reference[k]) <= tolerance("fast", "float64"), (m, k)
 
 
 # ===================================================== GPUs and reduction paths

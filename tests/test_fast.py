@@ -11,6 +11,8 @@ its outputs are compared against the magnitude of the terms they sum
 which sum nothing, by their plain relative error.
 """
 
+import math
+
 import numpy as np
 import pytest
 from conftest import assert_fast_step_equals_reference
@@ -186,3 +188,154 @@ def test_optimizer_falls_back_when_params_are_not_one_buffer():
     assert opt._flat is None
     for k, v in net.params.items():
         assert np.array_equal(v, before[k] - 0.5)
+
+
+# ------------------------------------------------------------------ buffers and scale
+def buffer_bytes(buf):
+    """Bytes of every distinct array a TrainStep's buffers for one batch size hold."""
+    seen, total = set(), 0
+    for value in vars(buf).values():
+        for a in (value if isinstance(value, list) else [value]):
+            if isinstance(a, np.ndarray):
+                base = a if a.base is None else a.base
+                if id(base) not in seen:
+                    seen.add(id(base))
+                    total += base.nbytes
+    return total
+
+
+@pytest.mark.parametrize("activation", HIDDEN)
+def test_the_step_holds_the_forward_cache_and_the_gradients_and_little_else(activation):
+    """dA_l is written over Z_l (the hidden rules read A only): no third buffer per layer."""
+    sizes, m = [7, 12, 9, 4], 16
+    net = xprop.MLP(sizes, activation=activation, backend="numpy", dtype="float32", seed=0)
+    X, Y = data(net, m, np.random.default_rng(0))
+    step = TrainStep(net)
+    step(X, Y)
+    buf = step.buffers(m)
+    assert buf.dA is buf.Z
+    itemsize = 4
+    cache = m * 2 * sum(sizes[1:]) * itemsize                   # Z_l and A_l of every layer
+    grads = net.n_params * itemsize
+    scratch = m * max(sizes[1:-1]) * itemsize if ACTIVATIONS[activation].scratch else 0
+    small = (m * sizes[-1] + 3 * m + sizes[-1] + sum(sizes[1:])) * itemsize   # dZ_L, row stats, ones, zeros
+    # (identity's A_l is Z_l itself, so it holds less)
+    assert buffer_bytes(buf) <= cache + grads + scratch + small
+
+
+def test_an_activation_without_a_fast_rule_keeps_Z_and_matches_the_reference():
+    """A registry entry with no backward_inplace gets separate dA buffers and its plain rule."""
+    from xprop.activations import Activation
+
+    rng = np.random.default_rng(8)
+    net = xprop.MLP([5, 6, 4, 3], activation="tanh", backend="numpy", dtype="float64", seed=1)
+    plain = ACTIVATIONS["tanh"]
+    net._g = Activation(plain.forward, plain.backward)          # no overrides at all
+    X, Y = data(net, 7, rng)
+    step = TrainStep(net)
+    out = step(X, Y)
+    assert step.buffers(7).dA is not step.buffers(7).Z
+    assert_fast_step_equals_reference(net, X, Y, out, _reference_step(net)(X, Y))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_scaled_step_returns_scaled_gradients_and_the_same_cost(dtype):
+    """step(X, Y, scale=s): s rides on dZ_L with 1/m; J and A_L are untouched."""
+    rng = np.random.default_rng(9)
+    net = xprop.MLP([6, 5, 4], backend="numpy", dtype=dtype, seed=3)
+    X, Y = data(net, 11, rng)
+    step = TrainStep(net)
+    J, A, _ = step(X, Y)
+    J, A = np.array(J), A.copy()
+    s = 0.37
+    J_s, A_s, g_s = step(X, Y, s)
+    assert J_s == J and np.array_equal(A_s, A)
+    unscaled = {k: np.asarray(v, np.float64) / s for k, v in g_s.items()}
+    assert_fast_step_equals_reference(net, X, Y, (J_s, A_s, unscaled), _reference_step(net)(X, Y),
+                                      context=f"scale={s}")
+
+
+# ------------------------------------------------------------------ on the GPU
+# The same comparisons with CuPy arrays: the fused kernels compiled and run on the
+# device (with NumPy arrays the cases above run their Python bodies). Skipped, with
+# the reason, where CuPy cannot use a device.
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(kernels.BACKWARD))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_backward_kernels_on_the_gpu_equal_the_registry(name, dtype):
+    cp = xprop.get_xp("cupy")
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((64, 33)).astype(dtype)
+    Z[np.abs(Z) < 1e-3] = 0.5
+    act = ACTIVATIONS[name]
+    A, dA = act.forward(np, Z), rng.standard_normal(Z.shape).astype(dtype)
+    out = kernels.BACKWARD[name](cp.asarray(dA), cp.asarray(A))
+    assert isinstance(out, cp.ndarray) and out.dtype == np.dtype(dtype)
+    assert rel(xprop.to_numpy(out), act.backward(np, dA, Z, A)) <= tolerance("fast", dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_output_delta_and_adam_kernels_on_the_gpu_equal_the_plain_code(dtype):
+    cp = xprop.get_xp("cupy")
+    rng = np.random.default_rng(4)
+    A, Y = rng.random((40, 10)).astype(dtype), rng.random((40, 10)).astype(dtype)
+    delta = kernels.output_delta(cp.asarray(A), cp.asarray(Y), 0.25)
+    assert rel(xprop.to_numpy(delta), (A - Y) * 0.25) <= tolerance("fast", dtype)
+    p, g = rng.standard_normal(500).astype(dtype), rng.standard_normal(500).astype(dtype)
+    m, v = rng.standard_normal(500).astype(dtype), rng.random(500).astype(dtype)
+    plain = Adam(lr=1e-2)
+    plain.t = 3
+    state = {"m": m.copy(), "v": v.copy()}
+    expected = p.copy()
+    plain._update(np, expected, g, state)
+    b1, b2 = plain.betas
+    new_p, new_m, new_v = kernels.adam_update(cp.asarray(p), cp.asarray(g), cp.asarray(m), cp.asarray(v),
+                                              b1, b2, math.sqrt(1 - b2 ** 3), plain.eps,
+                                              plain.lr / (1 - b1 ** 3))
+    for got, want in ((new_p, expected), (new_m, state["m"]), (new_v, state["v"])):
+        assert got.dtype == np.dtype(dtype)
+        assert rel(xprop.to_numpy(got), want) <= tolerance("fast", dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("activation", HIDDEN)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_training_step_on_the_gpu_equals_the_reference(activation, dtype):
+    """TrainStep with the fused kernels on CuPy vs the plain step on the same CuPy net."""
+    rng = np.random.default_rng(7)
+    net = xprop.MLP([6, 5, 4, 3], activation=activation, backend="cupy", dtype=dtype, seed=2)
+    X, Y = data(net, 9, rng)
+    X, Y = net.xp.asarray(X), net.xp.asarray(Y)
+    step = TrainStep(net)
+    assert step.use_kernels
+    for _ in range(2):
+        out = step(X, Y)
+    assert_fast_step_equals_reference(net, X, Y, out, _reference_step(net)(X, Y), context=repr(net))
+
+
+@pytest.mark.parametrize("make", [OPTIMIZERS["adam"], OPTIMIZERS["adam-wd"], OPTIMIZERS["sgd-nesterov"]],
+                         ids=["adam", "adam-wd", "sgd-nesterov"])
+def test_a_chunked_whole_buffer_update_gives_the_same_bits(make, monkeypatch):
+    """Past SCRATCH_CHUNK numbers the update runs chunk by chunk with a bounded scratch."""
+    from xprop import optim
+
+    monkeypatch.setattr(optim, "SCRATCH_CHUNK", 7)   # the 4-3-2 net has 23 parameters: 4 chunks
+    rng = np.random.default_rng(6)
+    net = xprop.MLP([4, 3, 2], backend="numpy", dtype="float32", seed=0)
+    ref = {k: v.copy() for k, v in net.params.items()}
+    fast, plain = make(), make()
+    ref_state = {k: {s: np.zeros_like(v) for s in plain.state_names} for k, v in ref.items()}
+    step = TrainStep(net)
+    for _ in range(3):
+        grads = {f"d{k}": rng.standard_normal(v.shape).astype("float32") for k, v in ref.items()}
+        flat_grads = step.buffers(3).grads
+        for k, g in grads.items():
+            flat_grads[k][...] = g
+        fast.step(net.params, flat_grads)
+        plain.t += 1
+        for k, p in ref.items():
+            plain._update(np, p, grads[f"d{k}"], ref_state[k])
+    assert fast._flat[3].shape == (7,), "the scratch is not bounded by SCRATCH_CHUNK"
+    for k in ref:
+        assert np.array_equal(net.params[k], ref[k]), k

@@ -324,3 +324,42 @@ def test_missing_gradient_is_refused_before_anything_changes():
     assert opt.t == 0 and opt.state == {}
     for name in params:
         assert np.array_equal(params[name], before[name]), f"{name} changed by a refused step"
+
+
+# --------------------------------------------------- the learning rate folded into the gradients
+def test_only_plain_sgd_offers_a_gradient_scale():
+    assert SGD(lr=0.3).grad_scale() == 0.3
+    assert SGD(lr=0.3, momentum=0.9).grad_scale() is None
+    assert SGD(lr=0.3, weight_decay=1e-4).grad_scale() is None
+    assert Adam().grad_scale() is None
+
+    class Clipped(SGD):   # a changed rule must not be replaced by the folded form
+        def _update_fast(self, xp, p, g, state, tmp):
+            super()._update_fast(xp, p, xp.clip(g, -1, 1), state, tmp)
+
+    assert Clipped(lr=0.3).grad_scale() is None
+
+
+def test_a_scaled_step_subtracts_the_given_gradients():
+    """step(..., scaled=True): the gradients already carry lr, P = P − G exactly."""
+    net = xprop.MLP([3, 4, 2], backend="numpy", dtype="float64", seed=0)
+    before = {k: v.copy() for k, v in net.params.items()}
+    rng = np.random.default_rng(0)
+    grads = xprop.fast.TrainStep(net).buffers(2).grads   # one flat buffer, like fit's
+    for k in before:
+        grads[f"d{k}"][...] = rng.standard_normal(before[k].shape)
+    expected = {k: before[k] - grads[f"d{k}"] for k in before}
+    opt = SGD(lr=0.5)
+    opt.step(net.params, grads, scaled=True)
+    assert opt.t == 1
+    for k in before:
+        assert np.array_equal(net.params[k], expected[k]), k
+
+
+def test_scaled_is_refused_where_the_update_needs_the_gradient_itself():
+    net = xprop.MLP([3, 4, 2], backend="numpy", seed=0)
+    before = {k: v.copy() for k, v in net.params.items()}
+    grads = {f"d{k}": np.ones_like(v) for k, v in net.params.items()}
+    with raises(ValueError, "scaled=True", "Adam"):
+        Adam().step(net.params, grads, scaled=True)
+    assert all(np.array_equal(before[k], v) for k, v in net.params.items())

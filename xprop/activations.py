@@ -139,6 +139,12 @@ def leaky_relu_backward(xp, dA, Z, A):
     return xp.where(Z > 0, dA, LEAKY_SLOPE * dA)
 
 
+def leaky_relu_into(xp, Z, out, zero):
+    # max(Z, 0.01·Z) is Z for Z > 0 and 0.01·Z otherwise: the same values as the where.
+    xp.multiply(Z, LEAKY_SLOPE, out=out)
+    return xp.maximum(Z, out, out=out)
+
+
 def leaky_relu_backward_inplace(xp, dA, A, tmp):
     # g'(Z) = 0.01 + 0.99·[Z > 0], and A > 0 ⟺ Z > 0 (A = 0.01·Z < 0 for Z < 0)
     xp.multiply(A > 0, 1 - LEAKY_SLOPE, out=tmp)
@@ -179,7 +185,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": Activation(relu, relu_backward, kink=True,
                        forward_into=relu_into, backward_inplace=relu_backward_inplace,
                        scratch=False),
-    "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True,
+    "leaky_relu": Activation(leaky_relu, leaky_relu_backward, kink=True, forward_into=leaky_relu_into,
                              backward_inplace=leaky_relu_backward_inplace),
     "identity": Activation(identity, identity_backward,
                            backward_inplace=identity_backward_inplace, scratch=False),

@@ -208,18 +208,19 @@ class GradBuffer:
         """The gradients, shaped like the params: views of the buffer (no copy)."""
         return self.grads
 
-    def adopt(self, step, m: int) -> None:
-        """Make a :class:`~xprop.fast.TrainStep` write its gradients for batch size ``m`` here.
+    def adopt(self, step) -> None:
+        """Make a :class:`~xprop.fast.TrainStep` write its gradients here, whatever the batch size.
 
-        The step's work buffers for ``m`` get this buffer's row-layout views as
-        their ``dW_l``, ``db_l``, so its matrix products write the gradients in
-        place and the returned ``grads`` are :attr:`grads`.
+        The step's ``dW_l``, ``db_l`` become this buffer's row-layout views, so
+        its matrix products write the gradients in place and the returned
+        ``grads`` are :attr:`grads`.
         """
-        buf = step.buffers(m)
+        L = len(self.rows) // 2
+        dW, db = [None] * (L + 1), [None] * (L + 1)
         for name, view in self.rows.items():
             kind, l = name[:2], int(name[2:])
-            (buf.dW if kind == "dW" else buf.db)[l] = view
-        buf.grads = self.grads
+            (dW if kind == "dW" else db)[l] = view
+        step.adopt_gradients(dW, db, self.grads)
 
 
 # --------------------------------------------------------------------------
@@ -652,8 +653,8 @@ class DataParallel:
     def prepare(self, step, m: int, B: int) -> ShardPlan:
         """Plan the run's shards and point the step's gradient buffers at the flat buffer."""
         self.plan = ShardPlan(m, B, self.ctx.size, self.ctx.rank)
-        for m_r in sorted(set(self.plan.local_sizes) - {0}):
-            self.grads.adopt(step, m_r)
+        if any(self.plan.local_sizes):
+            self.grads.adopt(step)
         return self.plan
 
     def local_rows(self, X, Y, order):

@@ -39,8 +39,60 @@ def supports_fast_path(xp) -> bool:
     return backend_name(xp) in ("numpy", "cupy")
 
 
+class _Storage:
+    """Flat work arrays of one net for batches of up to ``capacity`` examples.
+
+    The buffers of a batch of ``m ≤ capacity`` examples are views of the
+    first ``m`` rows' worth of each array, so the last, partial batch of an
+    epoch and validation batches cost no memory of their own.
+    """
+
+    def __init__(self, net, capacity):
+        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net._g
+        hidden = sizes[1:-1]
+        flat = lambda n: xp.empty((capacity * n,), dtype=dt)  # noqa: E731
+        self.capacity = capacity
+        self.Z = [None] + [flat(n) for n in sizes[1:]]
+        # A_l in a buffer where the activation can write into one (else g.forward allocates it)
+        self.A = [None] + [flat(n) if g.forward_into else None for n in hidden] + [flat(sizes[-1])]
+        # dA_l over Z_l when the rule reads A only; the plain rule needs Z kept.
+        self.dA = None if g.backward_inplace else [None] + [flat(n) for n in sizes[1:]]
+        self.dZ_L = flat(sizes[-1])
+        self.tmp = flat(max(hidden)) if (g.backward_inplace and g.scratch and hidden) else None
+        self.row_max, self.row_sum = flat(1), flat(1)
+        self.ones = xp.ones((capacity,), dtype=dt)            # Σ_i as a matrix-vector product
+        self.ones_out = xp.ones((sizes[-1],), dtype=dt)       # Σ_j, the same way
+        self.zero = [None] + [xp.zeros((n,), dtype=dt) for n in sizes[1:]]
+
+
+class _Gradients:
+    """The step's gradient buffers, one set whatever the batch size.
+
+    Row layout: ``dW_l``, ``db_l`` are views of one flat buffer in the
+    params' order, and ``grads`` is that FlatDict; columns: separate arrays,
+    and ``grads`` holds their transposed views, as the params are shaped.
+    """
+
+    def __init__(self, net):
+        xp, dt, sizes, L = net.xp, net.dtype, net.sizes, net.L
+        if net.layout == "rows":
+            shapes = {}
+            for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+                shapes[f"dW{l}"], shapes[f"db{l}"] = (a, b), (b,)
+            self.grads = flat_views(xp, shapes, dt)
+            self.dW = [None] + [self.grads[f"dW{l}"] for l in range(1, L + 1)]
+            self.db = [None] + [self.grads[f"db{l}"] for l in range(1, L + 1)]
+        else:
+            self.dW = [None] + [xp.empty((a, b), dtype=dt) for a, b in zip(sizes[:-1], sizes[1:])]
+            self.db = [None] + [xp.empty((n,), dtype=dt) for n in sizes[1:]]
+            self.grads = {}
+            for l in range(1, L + 1):
+                self.grads[f"dW{l}"] = self.dW[l].T
+                self.grads[f"db{l}"] = xp.reshape(self.db[l], (-1, 1))
+
+
 class _Buffers:
-    """Per-batch-size work arrays of one net (row layout).
+    """Work arrays of one batch size ``m`` (row layout): views of a :class:`_Storage`.
 
     Attributes
     ----------
@@ -49,6 +101,8 @@ class _Buffers:
         ``backward_inplace`` rule, the backward pass then writes ``dA_l`` into
         it and turns that into ``dZ_l`` (``dA`` is then the same list).
     A : list, ``A[l] : (m, n_l)``
+        For a hidden activation without ``forward_into`` (sigmoid, identity)
+        the forward pass puts the array ``g.forward`` returns here.
     dA : list
         ``Z`` itself, or separate ``(m, n_l)`` buffers for an activation that
         needs ``Z`` in its derivative.
@@ -60,48 +114,26 @@ class _Buffers:
     zero : list, ``zero[l] : (n_l,)``
         Zeros, for ``forward_into``.
     dW, db, grads
-        The gradients: views of one flat buffer in the params' order (rows
-        layout), and the dict the caller sees in the net's layout.
+        The step's gradients (:class:`_Gradients`, shared by every batch size).
     """
 
-    def __init__(self, net, m):
-        xp, dt, sizes, L, g = net.xp, net.dtype, net.sizes, net.L, net._g
-        empty = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
-        hidden = sizes[1:-1]
-        self.Z = [None] + [empty(m, n) for n in sizes[1:]]
-        self.A = [None] + [empty(m, n) for n in sizes[1:]]
-        # dA_l over Z_l when the rule reads A only; the plain rule needs Z kept.
-        self.dA = self.Z if g.backward_inplace else [None] + [empty(m, n) for n in sizes[1:]]
-        self.dZ_L = empty(m, sizes[-1])
+    def __init__(self, net, m, storage, gradients):
+        xp, sizes, L = net.xp, net.sizes, net.L
+        rows = lambda a, n: None if a is None else xp.reshape(a[:m * n], (m, n))  # noqa: E731
+        self.Z = [None] + [rows(storage.Z[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.A = [None] + [rows(storage.A[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.dA = self.Z if storage.dA is None else [None] + [
+            rows(storage.dA[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.dZ_L = rows(storage.dZ_L, sizes[-1])
         self.tmp = [None] * (L + 1)
-        if g.backward_inplace and g.scratch and hidden:
-            shared = xp.empty((m * max(hidden),), dtype=dt)   # one scratch for every hidden layer
-            for l, n in enumerate(hidden, start=1):
-                self.tmp[l] = xp.reshape(shared[:m * n], (m, n))
-        self.zero = [None] + [xp.zeros((n,), dtype=dt) for n in sizes[1:]]
-        if net.layout == "rows":  # grads are views of one buffer, in the params' order
-            shapes = {}
-            for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-                shapes[f"dW{l}"], shapes[f"db{l}"] = (a, b), (b,)
-            flat = flat_views(xp, shapes, dt)
-            self.dW = [None] + [flat[f"dW{l}"] for l in range(1, L + 1)]
-            self.db = [None] + [flat[f"db{l}"] for l in range(1, L + 1)]
-        else:
-            self.dW = [None] + [empty(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
-            self.db = [None] + [empty(n) for n in sizes[1:]]
-        self.row_max = empty(m, 1)
-        self.row_sum = empty(m)
-        self.row_sum_col = xp.reshape(self.row_sum, (m, 1))   # the same sums, as a column
-        self.ones = xp.ones((m,), dtype=dt)   # Σ_i as a matrix-vector product
-        self.ones_out = xp.ones((sizes[-1],), dtype=dt)   # Σ_j, the same way
-        # The grads as the caller's layout sees them: views of the buffers.
-        if net.layout == "rows":
-            self.grads = flat
-        else:
-            self.grads = {}
-            for l in range(1, L + 1):
-                self.grads[f"dW{l}"] = self.dW[l].T
-                self.grads[f"db{l}"] = xp.reshape(self.db[l], (-1, 1))
+        if storage.tmp is not None:
+            for l, n in enumerate(sizes[1:-1], start=1):
+                self.tmp[l] = rows(storage.tmp, n)
+        self.row_max = rows(storage.row_max, 1)
+        self.row_sum = storage.row_sum[:m]
+        self.row_sum_col = rows(storage.row_sum, 1)        # the same sums, as a column
+        self.ones, self.ones_out, self.zero = storage.ones[:m], storage.ones_out, storage.zero
+        self.dW, self.db, self.grads = gradients.dW, gradients.db, gradients.grads
 
 
 class TrainStep:
@@ -127,15 +159,34 @@ class TrainStep:
             raise TypeError(f"TrainStep needs NumPy or CuPy; the net runs on {net.backend}")
         self.net = net
         self._buffers = {}
+        self._storage = None       # work arrays for the largest batch size seen
+        self._gradients = None
         self._softmax_ce = net.output == "softmax" and net.loss == "cross_entropy"
         # On CuPy the elementwise chains run as fused kernels (xprop.kernels).
         self.use_kernels = backend_name(net.xp) == "cupy"
         self._layers_of = (None, None, None)   # (params dict, its flat buffer, [(W_l, b_l)])
 
     def buffers(self, m) -> _Buffers:
-        if m not in self._buffers:
-            self._buffers[m] = _Buffers(self.net, m)
-        return self._buffers[m]
+        """The work arrays of batches of ``m`` examples (views of the largest batch's)."""
+        buf = self._buffers.get(m)
+        if buf is None:
+            if self._storage is None or m > self._storage.capacity:
+                self._storage, self._buffers = _Storage(self.net, m), {}
+            if self._gradients is None:
+                self._gradients = _Gradients(self.net)
+            buf = self._buffers[m] = _Buffers(self.net, m, self._storage, self._gradients)
+        return buf
+
+    def adopt_gradients(self, dW, db, grads) -> None:
+        """Write the gradients into these arrays from now on (``dW[l]``, ``db[l]`` row layout).
+
+        ``grads`` is what the step then returns; the distributed trainer hands
+        in views of the buffer its allreduce sums.
+        """
+        gradients = self._gradients = object.__new__(_Gradients)
+        gradients.dW, gradients.db, gradients.grads = dW, db, grads
+        for buf in self._buffers.values():
+            buf.dW, buf.db, buf.grads = dW, db, grads
 
     def _layers(self):
         """``[None, (W_1, b_1), ...]`` as row-layout views, rebuilt when the params change.
@@ -161,42 +212,17 @@ class TrainStep:
         buf = self._buffers.get(m) or self.buffers(m)
         g = net._g
         layers = self._layers()
+        J, AL, Z = self._forward_cost(X, Y, buf, layers)
 
-        # ---- forward: Z_l = A_{l-1} W_l + b_l, A_l = g_l(Z_l)
-        A = X
-        for l in range(1, L):
-            W, b = layers[l]
-            Z = xp.matmul(A, W, out=buf.Z[l])
-            Z += b
-            if g.forward_into:
-                A = g.forward_into(xp, Z, buf.A[l], buf.zero[l])
-            else:
-                A = buf.A[l] = g.forward(xp, Z)
-        W, b = layers[L]
-        Z = xp.matmul(A, W, out=buf.Z[L])
-        Z += b
-
-        # ---- output layer, cost and dZ_L / m
+        # ---- output delta, divided by m: dZ_L / m
         dZ = buf.dZ_L
         if self._softmax_ce:
-            AL = buf.A[L]
-            M, S, S_col = buf.row_max, buf.row_sum, buf.row_sum_col
-            Z.max(axis=1, keepdims=True, out=M)              # (methods: no dispatch layer)
-            xp.subtract(Z, M, out=AL)                        # Z − M ≤ 0: exp cannot overflow
-            YZ = xp.vdot(Y, AL)                              # Σ_ij Y_ij (Z_ij − M_i)
-            xp.exp(AL, out=AL)
-            xp.matmul(AL, buf.ones_out, out=S)               # S_i = Σ_j e^{Z_ij − M_i}
-            AL /= S_col                                      # A_L = softmax(Z_L)
-            xp.log(S, out=S)                                 # S ≥ 1 (the max term is e⁰): no guard needed
-            J = (xp.vdot(buf.ones, S) - YZ) / m              # (1/m) Σ_i −log A_{i,y_i}
             if self.use_kernels:
                 dZ = kernels.output_delta(AL, Y, s)         # dZ_L / m = (A_L − Y) / m
             else:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
                 dZ *= s                                      # the 1/m of dW and db, once
         else:
-            AL = net._g_out.forward(xp, Z)
-            J = net._loss.value(xp, Z, AL, Y)
             if net.fused:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
             else:
@@ -220,3 +246,49 @@ class TrainStep:
                 else:
                     dZ = g.backward(xp, dA, buf.Z[l - 1], A_prev)
         return J, AL, buf.grads
+
+    def cost(self, X, Y):
+        """``(J, A_L)`` of a batch: the forward pass and the cost, into the same buffers.
+
+        What validation needs, at no memory beyond the step's own: the
+        returned ``A_L`` is a buffer, overwritten by the next call.
+        """
+        m = X.shape[0]
+        buf = self._buffers.get(m) or self.buffers(m)
+        J, AL, _ = self._forward_cost(X, Y, buf, self._layers())
+        return J, AL
+
+    def _forward_cost(self, X, Y, buf, layers):
+        """Forward pass and cost of ``X : (m, k)``: ``(J, A_L, Z_L)``, all in ``buf``."""
+        net, xp, L = self.net, self.net.xp, self.net.L
+        m, g = X.shape[0], net._g
+
+        # ---- forward: Z_l = A_{l-1} W_l + b_l, A_l = g_l(Z_l)
+        A = X
+        for l in range(1, L):
+            W, b = layers[l]
+            Z = xp.matmul(A, W, out=buf.Z[l])
+            Z += b
+            if g.forward_into:
+                A = g.forward_into(xp, Z, buf.A[l], buf.zero[l])
+            else:
+                A = buf.A[l] = g.forward(xp, Z)
+        W, b = layers[L]
+        Z = xp.matmul(A, W, out=buf.Z[L])
+        Z += b
+
+        # ---- output layer and cost
+        if not self._softmax_ce:
+            AL = net._g_out.forward(xp, Z)
+            return net._loss.value(xp, Z, AL, Y), AL, Z
+        AL = buf.A[L]
+        M, S, S_col = buf.row_max, buf.row_sum, buf.row_sum_col
+        Z.max(axis=1, keepdims=True, out=M)                  # (methods: no dispatch layer)
+        xp.subtract(Z, M, out=AL)                            # Z − M ≤ 0: exp cannot overflow
+        YZ = xp.vdot(Y, AL)                                  # Σ_ij Y_ij (Z_ij − M_i)
+        xp.exp(AL, out=AL)
+        xp.matmul(AL, buf.ones_out, out=S)                   # S_i = Σ_j e^{Z_ij − M_i}
+        AL /= S_col                                          # A_L = softmax(Z_L)
+        xp.log(S, out=S)                                     # S ≥ 1 (the max term is e⁰): no guard needed
+        J = (xp.vdot(buf.ones, S) - YZ) / m                  # (1/m) Σ_i −log A_{i,y_i}
+        return J, AL, Z

@@ -124,13 +124,9 @@ def _outputs_per_example(net) -> int:
 
 def _evaluate_sums(net, X, Y, chunk: int = 4096):
     """Summed loss and correct count over row-layout ``X, Y`` (device arrays), in chunks."""
-    return _evaluate_chunks(net, ((X[i:i + chunk], Y[i:i + chunk]) for i in range(0, X.shape[0], chunk)))
-
-
-def _evaluate_chunks(net, chunks):
-    """Summed loss and correct count over ``(X_c, Y_c)`` chunks (row layout)."""
     total, correct = 0.0, 0
-    for Xc, Yc in chunks:
+    for i in range(0, X.shape[0], chunk):
+        Xc, Yc = X[i:i + chunk], Y[i:i + chunk]
         _, cache = net._forward_rows(Xc)
         total += float(net._cost_rows(cache, Yc)) * Xc.shape[0]
         c = _correct(net, cache[f"A{net.L}"], Yc)
@@ -146,21 +142,49 @@ def _evaluate_rows(net, X, Y, chunk: int = 4096):
     return total / m, acc
 
 
-def _evaluate_data(net, data, chunk: int = 4096):
-    """:func:`_evaluate_rows` over a :class:`_Data` (its rows gathered chunk by chunk)."""
-    total, correct = _evaluate_chunks(net, data.chunks(chunk))
+def _validation_sums(net, data, step, batches):
+    """Summed loss and correct count over a :class:`_Data`, one training batch at a time.
+
+    The rows go through the training step's own buffers (``step.cost``: the
+    forward pass and the cost, no backward) and ``batches``' gather buffers,
+    so validating costs no memory beyond training's; the losses are read back
+    once, at the end. Other namespaces run the plain forward on each chunk.
+    """
+    xp = net.xp
+    losses, sizes, correct = [], [], 0
+    fast = isinstance(step, TrainStep)
+    for _, Xb, Yb in batches(data, data.rows):
+        if fast:
+            J, AL = step.cost(Xb, Yb)
+        else:
+            _, cache = net._forward_rows(Xb)
+            J, AL = net._cost_rows(cache, Yb), cache[f"A{net.L}"]
+        losses.append(J)
+        sizes.append(Xb.shape[0])
+        c = _correct(net, AL, Yb)
+        correct = None if c is None else correct + c
+    if not losses:
+        return 0.0, (None if net.output not in ("softmax", "sigmoid") else 0)
+    total = float(to_numpy(xp.stack(losses)).astype(numpy.float64) @ numpy.asarray(sizes, numpy.float64))
+    return total, (None if correct is None else int(correct))
+
+
+def _evaluate_data(net, data, step, batches):
+    """Mean loss and accuracy over a :class:`_Data` (see :func:`_validation_sums`)."""
+    total, correct = _validation_sums(net, data, step, batches)
     acc = None if correct is None else correct / (data.m * _outputs_per_example(net))
     return total / data.m, acc
 
 
-def _evaluate_sharded(net, ctx, X, Y):
-    """:func:`_evaluate_rows` with the rows split over the ranks and the sums reduced.
+def _evaluate_sharded(net, ctx, data, step, batches):
+    """:func:`_evaluate_data` with the rows split over the ranks and the sums reduced.
 
     Every rank gets the same (loss, accuracy): the global sums, one allreduce.
     """
-    m = X.shape[0]
+    m = data.m
     lo, hi = _dist.shard_bounds(m, ctx.size, ctx.rank)
-    total, correct = _evaluate_sums(net, X[lo:hi], Y[lo:hi]) if hi > lo else (0.0, 0)
+    shard = _Data(net, data.X[lo:hi], data.Y[lo:hi], None)
+    total, correct = _validation_sums(net, shard, step, batches) if hi > lo else (0.0, 0)
     total, correct_sum = ctx.allreduce_sum([total, correct or 0])
     counts = net.output in ("softmax", "sigmoid")
     acc = float(correct_sum) / (m * _outputs_per_example(net)) if counts else None
@@ -215,15 +239,6 @@ class _Data:
         labels = self.labels[lo:hi] if idx is None else _take(xp, self.labels, idx)
         return one_hot(xp, labels, net.sizes[-1], net.dtype)
 
-    def chunks(self, size):
-        """``(X_c, Y_c)`` of every example, ``size`` at a time, in order."""
-        for i in range(0, self.m, size):
-            if self.rows is None:
-                yield self.X[i:i + size], self.targets(lo=i, hi=i + size)
-            else:
-                idx = self.rows[i:i + size]
-                yield _take(self.xp, self.X, idx), self.targets(idx)
-
     def arrays(self):
         """``(X, Y)`` of this set as arrays (copies where it is a subset or holds labels)."""
         if self.rows is None:
@@ -256,7 +271,7 @@ def _split_validation(net, data, validation, rng):
         n_val = max(1, int(round(validation * m)))
         if n_val >= m:
             raise ValueError(f"validation={validation} leaves no training examples out of {m}")
-        order = xp.asarray(rng.permutation(m))
+        order = xp.asarray(_permutation(rng, m))
         val_idx, train_idx = order[:n_val], order[n_val:]
         return data.subset(train_idx), data.subset(val_idx)
     if isinstance(validation, (tuple, list)) and len(validation) == 2:
@@ -521,65 +536,70 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
 
 
 class _Batches:
-    """The mini-batches of an epoch, gathered into reused buffers.
+    """Mini-batches of ``B`` examples, gathered into reused buffers.
 
-    ``batches(order)`` yields ``(i, X_b, Y_b)`` for the examples ``order``
-    (indices into ``data.X``, the epoch's order), ``B`` at a time, or, with
-    ``order`` None, for ``data.X``'s rows as they are: slices, no copy. The
-    rows of a batch are gathered from the (unshuffled) data straight into a
-    buffer allocated once per batch size (``take`` with ``out=`` on NumPy and
-    CuPy), so an epoch never copies the data set and the batch is still in
-    cache when the first matrix product reads it. Class labels become the
-    batch's one-hot rows in a buffer too. Other namespaces allocate each batch.
+    ``batches(data, order)`` yields ``(i, X_b, Y_b)`` for the examples
+    ``order`` of a :class:`_Data` (indices into ``data.X``, e.g. the epoch's
+    order), ``B`` at a time, or, with ``order`` None, for ``data.X``'s rows as
+    they are: slices, no copy. The rows of a batch are gathered from the
+    (unshuffled) data straight into a buffer allocated once per batch size
+    (``take`` with ``out=`` on NumPy and CuPy), so an epoch never copies the
+    data set and the batch is still in cache when the first matrix product
+    reads it; training and validation share the buffers. Class labels become
+    the batch's one-hot rows in a buffer too. Other namespaces allocate each
+    batch.
     """
 
-    def __init__(self, data, B):
-        self.data, self.xp, self.B = data, data.xp, B
+    def __init__(self, net, B):
+        self.net, self.xp, self.B = net, net.xp, B
         self.fast = supports_fast_path(self.xp)
         self._buffers = {}
-        if data.labels is not None:
-            self.classes = self.xp.arange(data.net.sizes[-1], dtype=data.labels.dtype)[None, :]
+        self.classes = self.xp.arange(net.sizes[-1], dtype=self.xp.int64)[None, :]
 
-    def _buffer(self, n):
-        if n not in self._buffers:
-            xp, d = self.xp, self.data
-            Xb = xp.empty((n, d.X.shape[1]), dtype=d.X.dtype)
-            Yb = xp.empty((n, d.net.sizes[-1]), dtype=d.net.dtype)
-            lab = xp.empty((n,), dtype=d.labels.dtype) if d.labels is not None else None
-            self._buffers[n] = (Xb, Yb, lab)
-        return self._buffers[n]
+    def _buffer(self, n, data):
+        """``(X_b, Y_b, labels_b)`` buffers of ``n ≤ B`` rows: the first rows of B-row arrays."""
+        key = (n, data.X.shape[1], data.X.dtype)
+        if key not in self._buffers:
+            xp, net, B = self.xp, self.net, max(self.B, n)
+            full = (B, data.X.shape[1], data.X.dtype)
+            if full not in self._buffers:
+                self._buffers[full] = (xp.empty((B, data.X.shape[1]), dtype=data.X.dtype),
+                                       xp.empty((B, net.sizes[-1]), dtype=net.dtype),
+                                       xp.empty((B,), dtype=xp.int64))
+            self._buffers[key] = tuple(a[:n] for a in self._buffers[full])
+        return self._buffers[key]
 
     def _one_hot(self, labels, Yb):
         # Y_b[i, j] = [labels_i == j], written into the buffer (bool → float: a safe cast)
         return self.xp.equal(labels[:, None], self.classes, out=Yb)
 
-    def __call__(self, order):
-        xp, d, B = self.xp, self.data, self.B
-        m = d.m if order is None else int(order.shape[0])
+    def __call__(self, data, order):
+        xp, B = self.xp, self.B
+        m = data.m if order is None else int(order.shape[0])
         for i in range(0, m, B):
             if order is None:
-                Xb = d.X[i:i + B]
-                if d.labels is None:
-                    yield i, Xb, d.Y[i:i + B]
+                Xb = data.X[i:i + B]
+                if data.labels is None:
+                    yield i, Xb, data.Y[i:i + B]
                 elif self.fast:
-                    yield i, Xb, self._one_hot(d.labels[i:i + B], self._buffer(Xb.shape[0])[1])
+                    yield i, Xb, self._one_hot(data.labels[i:i + B], self._buffer(Xb.shape[0], data)[1])
                 else:
-                    yield i, Xb, d.targets(lo=i, hi=i + B)
+                    yield i, Xb, data.targets(lo=i, hi=i + B)
             elif self.fast:
                 idx = order[i:i + B]
-                Xb, Yb, lab = self._buffer(idx.shape[0])
-                take_rows(xp, d.X, idx, Xb)
-                if d.labels is None:
-                    take_rows(xp, d.Y, idx, Yb)
+                Xb, Yb, lab = self._buffer(idx.shape[0], data)
+                take_rows(xp, data.X, idx, Xb)
+                if data.labels is None:
+                    take_rows(xp, data.Y, idx, Yb)
                 else:
-                    self._one_hot(take_rows(xp, d.labels, idx, lab), Yb)
+                    self._one_hot(take_rows(xp, data.labels, idx, lab), Yb)
                 yield i, Xb, Yb
             else:
                 idx = order[i:i + B]
-                yield i, _take(xp, d.X, idx), d.targets(idx)
+                yield i, _take(xp, data.X, idx), data.targets(idx)
 
 
-def _local_epoch(net, step, optimizer, batches, order, truth, preds, bar):
+def _local_epoch(net, step, optimizer, batches, data, order, truth, preds, bar):
     """One epoch of steps in this process; returns the batch losses (device) and correct count.
 
     ``order`` is the epoch's examples (indices into the data's X) or None for
@@ -592,7 +612,7 @@ def _local_epoch(net, step, optimizer, batches, order, truth, preds, bar):
     # Plain SGD: the step returns lr·∇J (lr folded in with 1/m) and the update is P −= it.
     scale = optimizer.grad_scale() if own_step and isinstance(step, TrainStep) else None
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        for i, Xb, Yb in batches(order):
+        for i, Xb, Yb in batches(data, order):
             J, AL, grads = step(Xb, Yb) if scale is None else step(Xb, Yb, scale)
             losses.append(J)
             if truth is not None:                  # softmax: keep the predicted class
@@ -632,7 +652,7 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
     data, val = _split_validation(net, data, validation, numpy.random.default_rng(split_seq))
     if dp is not None:    # each rank copies its rows of every epoch: plain arrays
         Xr, Yr = data.arrays()
-        Xv, Yv = val.arrays() if val is not None else (None, None)
+        val_rows = _Data(net, *val.arrays(), None) if val is not None else None
     rng = numpy.random.default_rng(shuffle_seq)
     m = data.m
     B = min(batch_size, m)
@@ -660,7 +680,7 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
         dp.prepare(step, m, B)
     truth = data.truth() if net.output == "softmax" and dp is None else None
     preds = xp.empty((m,), dtype=xp.int64) if truth is not None else None
-    batches = _Batches(data, B)
+    batches = _Batches(net, B)
     if gpu_mem_limit is not None:
         set_memory_limit(xp, gpu_mem_limit)
     bar = _progress_bar((epochs - start) * steps, progress)
@@ -677,7 +697,7 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
                 if data.rows is not None:          # positions in the training set -> rows of X
                     order = data.rows if order is None else _take(xp, data.rows, order)
                 with strict_device(xp, strict):
-                    losses, correct = _local_epoch(net, step, optimizer, batches, order,
+                    losses, correct = _local_epoch(net, step, optimizer, batches, data, order,
                                                    truth, preds, bar)
                 # One read-back per epoch: the batch losses (and the correct count).
                 batch_losses = to_numpy(xp.stack(losses)).astype(numpy.float64)
@@ -694,8 +714,8 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
             val_loss = val_acc = None
             if val is not None:
                 with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-                    val_loss, val_acc = (_evaluate_data(net, val) if dp is None
-                                         else _evaluate_sharded(net, ctx, Xv, Yv))
+                    val_loss, val_acc = (_evaluate_data(net, val, step, batches) if dp is None
+                                         else _evaluate_sharded(net, ctx, val_rows, step, batches))
             seconds = time.perf_counter() - t0
             used, total = memory_pool_bytes(xp)
             history.append(epoch=epoch, loss=loss, accuracy=acc, val_loss=val_loss,
