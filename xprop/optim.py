@@ -244,8 +244,7 @@ class SGD(Optimizer):
         this class's rule.
         """
         plain = not self.momentum and not self.weight_decay
-        same_rule = type(self)._update is SGD._update and type(self)._update_fast is SGD._update_fast
-        return self.lr if plain and same_rule else None
+        return self.lr if plain and type(self) in _PLAIN_RULE else None
 
     def _update(self, xp, p, g, state):
         if self.weight_decay:
@@ -350,6 +349,21 @@ class Adam(Optimizer):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+class _PlainRule(dict):
+    """Classes whose update is SGD's own rule (a subclass that overrides it is not)."""
+
+    def __missing__(self, cls):
+        same = issubclass(cls, SGD) and cls._update is SGD._update and cls._update_fast is SGD._update_fast
+        self[cls] = same
+        return same
+
+    def __contains__(self, cls):
+        return self[cls]
+
+
+_PLAIN_RULE = _PlainRule()
 
 
 def make_optimizer(name: str, **hyperparameters) -> Optimizer:

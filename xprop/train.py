@@ -554,7 +554,7 @@ class _Batches:
         self.net, self.xp, self.B = net, net.xp, B
         self.fast = supports_fast_path(self.xp)
         self._buffers = {}
-        self.classes = self.xp.arange(net.sizes[-1], dtype=self.xp.int64)[None, :]
+        self.eye = self.xp.eye(net.sizes[-1], dtype=net.dtype)   # row j: the one-hot row of class j
 
     def _buffer(self, n, data):
         """``(X_b, Y_b, labels_b)`` buffers of ``n ≤ B`` rows: the first rows of B-row arrays."""
@@ -570,8 +570,8 @@ class _Batches:
         return self._buffers[key]
 
     def _one_hot(self, labels, Yb):
-        # Y_b[i, j] = [labels_i == j], written into the buffer (bool → float: a safe cast)
-        return self.xp.equal(labels[:, None], self.classes, out=Yb)
+        # Y_b[i] = the one-hot row of class labels_i: rows of the identity, gathered
+        return take_rows(self.xp, self.eye, labels, Yb)
 
     def __call__(self, data, order):
         xp, B = self.xp, self.B
@@ -611,6 +611,7 @@ def _local_epoch(net, step, optimizer, batches, data, order, truth, preds, bar):
     own_step = type(optimizer).step is Optimizer.step  # a subclass's own step may not take the keywords
     # Plain SGD: the step returns lr·∇J (lr folded in with 1/m) and the update is P −= it.
     scale = optimizer.grad_scale() if own_step and isinstance(step, TrainStep) else None
+    tick = None if bar.disable else bar.update
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for i, Xb, Yb in batches(data, order):
             J, AL, grads = step(Xb, Yb) if scale is None else step(Xb, Yb, scale)
@@ -625,7 +626,8 @@ def _local_epoch(net, step, optimizer, batches, data, order, truth, preds, bar):
                 optimizer.step(net.params, grads, overwrite_grads=True, scaled=scale is not None)
             else:
                 optimizer.step(net.params, grads)
-            bar.update(1)
+            if tick is not None:
+                tick(1)
     if truth is not None:   # compared chunk by chunk: no temporaries the size of the data
         correct, chunk = 0, 4096
         for lo in range(0, preds.shape[0], chunk):
@@ -706,7 +708,9 @@ def _fit(net, X, Y, epochs, batch_size, optimizer, validation, shuffle, seed, pr
                 finite = batch_losses[:bad[0]]
                 last = float(finite[-1]) if finite.size else (history.loss[-1] if history.loss else None)
                 raise TrainingDiverged(epoch, int(bad[0]) + 1, last)
-            if not all(all_finite(xp, p) for p in net.params.values()):
+            flat = getattr(net.params, "flat", None)   # one buffer: one reduction, one read-back
+            if not (all_finite(xp, flat) if flat is not None
+                    else all(all_finite(xp, p) for p in net.params.values())):
                 # every loss was finite but the last update was not: do not checkpoint it
                 raise TrainingDiverged(epoch, steps, float(batch_losses[-1]))
             loss = float(batch_losses @ batch_sizes / m)   # mean over the epoch's examples
