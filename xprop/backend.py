@@ -212,7 +212,7 @@ def get_xp(backend="auto"):
 
 def backend_name(xp) -> str:
     """Short name of a namespace: ``"numpy"``, ``"cupy"`` or the module name."""
-    name = getattr(xp, "__name__", str(xp))
+    name = getattr(xp, "__name__", None) or str(xp)
     if name.startswith("cupy"):
         return "cupy"
     return name
@@ -390,7 +390,7 @@ def take_rows(xp, a, idx, out):
     writes straight into ``out``. CuPy's ``take`` has no ``mode`` and never
     checks.
     """
-    if backend_name(xp) == "numpy":
+    if xp is numpy:
         return a.take(idx, axis=0, out=out, mode="wrap")
     return a.take(idx, axis=0, out=out)
 

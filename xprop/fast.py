@@ -73,22 +73,27 @@ class _Gradients:
     and ``grads`` holds their transposed views, as the params are shaped.
     """
 
-    def __init__(self, net):
+    def __init__(self, dW, db, grads):
+        self.dW, self.db, self.grads = dW, db, grads
+
+    @classmethod
+    def allocate(cls, net) -> "_Gradients":
         xp, dt, sizes, L = net.xp, net.dtype, net.sizes, net.L
         if net.layout == "rows":
             shapes = {}
             for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
                 shapes[f"dW{l}"], shapes[f"db{l}"] = (a, b), (b,)
-            self.grads = flat_views(xp, shapes, dt)
-            self.dW = [None] + [self.grads[f"dW{l}"] for l in range(1, L + 1)]
-            self.db = [None] + [self.grads[f"db{l}"] for l in range(1, L + 1)]
-        else:
-            self.dW = [None] + [xp.empty((a, b), dtype=dt) for a, b in zip(sizes[:-1], sizes[1:])]
-            self.db = [None] + [xp.empty((n,), dtype=dt) for n in sizes[1:]]
-            self.grads = {}
-            for l in range(1, L + 1):
-                self.grads[f"dW{l}"] = self.dW[l].T
-                self.grads[f"db{l}"] = xp.reshape(self.db[l], (-1, 1))
+            grads = flat_views(xp, shapes, dt)
+            dW = [None] + [grads[f"dW{l}"] for l in range(1, L + 1)]
+            db = [None] + [grads[f"db{l}"] for l in range(1, L + 1)]
+            return cls(dW, db, grads)
+        dW = [None] + [xp.empty((a, b), dtype=dt) for a, b in zip(sizes[:-1], sizes[1:])]
+        db = [None] + [xp.empty((n,), dtype=dt) for n in sizes[1:]]
+        grads = {}
+        for l in range(1, L + 1):
+            grads[f"dW{l}"] = dW[l].T
+            grads[f"db{l}"] = xp.reshape(db[l], (-1, 1))
+        return cls(dW, db, grads)
 
 
 class _Buffers:
@@ -149,9 +154,14 @@ class TrainStep:
     array (no host sync), the output, and the gradients shaped like
     ``net.params``. ``step(X, Y, scale=s)`` returns ``s`` times the gradients
     instead, at no cost: ``s`` joins the ``1/m`` folded into ``dZ_L``
-    (``fit`` passes plain SGD's learning rate, see ``Optimizer.grad_scale``). The returned arrays are buffers, overwritten by the next
-    call with the same ``m``; so are the hidden layers' ``Z`` and ``A``, which
-    the backward pass uses as work space.
+    (``fit`` passes plain SGD's learning rate, see ``Optimizer.grad_scale``).
+
+    The returned arrays are buffers, overwritten by the next call (batches of
+    every size share them: a smaller batch uses the first rows of the largest
+    one's arrays, and there is one set of gradients); so are the hidden
+    layers' ``Z`` and ``A``, which the backward pass uses as work space.
+    ``cost(X, Y)`` runs the forward pass and the cost alone, in the same
+    buffers (validation).
     """
 
     def __init__(self, net):
@@ -173,7 +183,7 @@ class TrainStep:
             if self._storage is None or m > self._storage.capacity:
                 self._storage, self._buffers = _Storage(self.net, m), {}
             if self._gradients is None:
-                self._gradients = _Gradients(self.net)
+                self._gradients = _Gradients.allocate(self.net)
             buf = self._buffers[m] = _Buffers(self.net, m, self._storage, self._gradients)
         return buf
 
@@ -183,8 +193,7 @@ class TrainStep:
         ``grads`` is what the step then returns; the distributed trainer hands
         in views of the buffer its allreduce sums.
         """
-        gradients = self._gradients = object.__new__(_Gradients)
-        gradients.dW, gradients.db, gradients.grads = dW, db, grads
+        self._gradients = _Gradients(dW, db, grads)
         for buf in self._buffers.values():
             buf.dW, buf.db, buf.grads = dW, db, grads
 

@@ -345,12 +345,31 @@ def _read_checkpoint(path, net, opt, rng):
     return int(meta["epoch"]), History.from_dict(meta["history"]), early
 
 
+class _NoBar:
+    """What fit calls on a progress bar, doing nothing (progress=False costs no tqdm)."""
+
+    disable = True
+
+    def update(self, n=1):
+        pass
+
+    def set_description(self, text):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress_bar(total, enabled, initial=0):
+    if not enabled:
+        return _NoBar()
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     # disable=None: tqdm turns itself off when stderr is not a terminal (CI logs).
-    return tqdm(total=total, initial=initial, disable=None if enabled else True,
-                unit="step", dynamic_ncols=True, leave=True)
+    return tqdm(total=total, initial=initial, disable=None, unit="step", dynamic_ncols=True, leave=True)
 
 
 def _signature(net, Xr, Yr, epochs, batch_size, optimizer, validation, shuffle, seed, checkpoint,
