@@ -50,6 +50,8 @@ class Optimizer:
 
     # Whether _update_fast may use the gradient itself as its scratch buffer.
     grads_as_scratch = False
+    # Whether _update_fast runs one fused kernel on CuPy (and then needs no scratch).
+    fused_kernel = False
 
     def grad_scale(self):
         """A factor the caller may fold into the gradients it passes, or None.
@@ -92,7 +94,7 @@ class Optimizer:
             if overwrite_grads and self.grads_as_scratch:
                 self._update_fast(xp, P, G, flat_state, G)
                 return
-            if self.use_kernels:       # the fused kernel needs no scratch
+            if self.use_kernels and self.fused_kernel:   # the fused kernel needs no scratch
                 self._update_fast(xp, P, G, flat_state, None)
                 return
             if tmp is None:            # bounded: the update runs chunk by chunk
@@ -293,6 +295,7 @@ class Adam(Optimizer):
 
     name = "adam"
     state_names = ("m", "v")
+    fused_kernel = True
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr)
