@@ -122,33 +122,14 @@ def _outputs_per_example(net) -> int:
     return net.sizes[-1] if net.output == "sigmoid" else 1
 
 
-def _evaluate_sums(net, X, Y, chunk: int = 4096):
-    """Summed loss and correct count over row-layout ``X, Y`` (device arrays), in chunks."""
-    total, correct = 0.0, 0
-    for i in range(0, X.shape[0], chunk):
-        Xc, Yc = X[i:i + chunk], Y[i:i + chunk]
-        _, cache = net._forward_rows(Xc)
-        total += float(net._cost_rows(cache, Yc)) * Xc.shape[0]
-        c = _correct(net, cache[f"A{net.L}"], Yc)
-        correct = None if c is None else correct + int(c)
-    return total, correct
-
-
-def _evaluate_rows(net, X, Y, chunk: int = 4096):
-    """Mean loss and accuracy over row-layout ``X, Y`` (device arrays), in chunks."""
-    m = X.shape[0]
-    total, correct = _evaluate_sums(net, X, Y, chunk)
-    acc = None if correct is None else correct / (m * _outputs_per_example(net))
-    return total / m, acc
-
-
 def _validation_sums(net, data, step, batches):
     """Summed loss and correct count over a :class:`_Data`, one training batch at a time.
 
     The rows go through the training step's own buffers (``step.cost``: the
     forward pass and the cost, no backward) and ``batches``' gather buffers,
     so validating costs no memory beyond training's; the losses are read back
-    once, at the end. Other namespaces run the plain forward on each chunk.
+    once, at the end. Without a fast step (other namespaces, ``evaluate``)
+    each batch runs the plain forward pass.
     """
     xp = net.xp
     losses, sizes, correct = [], [], 0
@@ -195,7 +176,8 @@ def evaluate(net, X, Y) -> dict:
     """Loss and accuracy (classification) of ``net`` on ``(X, Y)``."""
     Xr = check_inputs(net, X)
     Yr = check_targets(net, Y, Xr.shape[0])
-    loss, acc = _evaluate_rows(net, Xr, Yr)
+    # the plain forward pass over slices of 4,096 rows (no training step to borrow buffers from)
+    loss, acc = _evaluate_data(net, _Data(net, Xr, Yr, None), None, _Batches(net, 4096))
     return {"loss": loss, "accuracy": acc, "n": int(Xr.shape[0])}
 
 
