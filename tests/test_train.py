@@ -338,6 +338,35 @@ def test_resume_keeps_the_best_weights_found_before_the_interruption(digits, tmp
     assert_params_equal(params_of(resumed), params_of(whole), "best weights after resume")
 
 
+def test_a_checkpoint_written_by_xprop_0_1_0_resumes_bit_for_bit(tmp_path):
+    """tests/data/legacy_checkpoint.npz was written by the training loop before it became a
+    package (tests/data/make_legacy_checkpoint.py): 3 of 6 epochs, Adam, a validation fraction,
+    shuffling, early-stopping state with best weights. Resuming it today gives the weights and
+    history of the uninterrupted run that code made, bit for bit."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    sys.path.insert(0, str(data))
+    try:
+        import make_legacy_checkpoint as legacy
+    finally:
+        sys.path.remove(str(data))
+    expected = np.load(data / "legacy_expected.npz")
+    X, y, kwargs = legacy.settings()
+    assert np.array_equal(X, expected["X"]) and np.array_equal(y, expected["y"])
+    ckpt = tmp_path / "c.npz"
+    shutil.copy(data / "legacy_checkpoint.npz", ckpt)
+    net = legacy.make_net()
+    h = fit(net, X, y, epochs=6, optimizer=Adam(lr=0.02), checkpoint=ckpt, resume=True, **kwargs)
+    want = json.loads(str(expected["history"]))
+    for key, value in want.items():
+        assert getattr(h, key) == value, key
+    for name, p in net.params.items():
+        assert np.array_equal(p, expected[f"param.{name}"]), name
+
+
 def test_resume_without_a_checkpoint_path_is_refused(digits):
     X, y = small(digits, 20)
     with raises(ValueError, "resume", "checkpoint"):
