@@ -256,21 +256,21 @@ def summed_magnitudes(net, X, Y):
         the step's gradients (the net's layout), all non-negative float64.
     """
     L = net.L
-    _, cache = net._forward_rows(X)
-    dZ_L = net._output_delta(cache, Y)          # computed by the same code in both steps
+    _, cache = net.forward_rows(X)
+    dZ_L = net.output_delta(cache, Y)          # computed by the same code in both steps
     c = {key: np.asarray(xprop.backend.to_numpy(v), dtype=np.float64) for key, v in cache.items()}
     Y64 = np.asarray(xprop.backend.to_numpy(Y), dtype=np.float64)
     m = Y64.shape[0]
     D = np.abs(np.asarray(xprop.backend.to_numpy(dZ_L), dtype=np.float64))
-    g = net._g                                  # hidden activation: elementwise, g' ≥ 0
+    g = net.layers.hidden                                # hidden activation: elementwise, g' ≥ 0
     scale = {}
     for l in range(L, 0, -1):
         scale[f"dW{l}"] = np.abs(c[f"A{l - 1}"]).T @ D / m
         scale[f"db{l}"] = D.sum(axis=0) / m
         if l > 1:
-            W = np.asarray(xprop.backend.to_numpy(net._layer_params(l)[0]), dtype=np.float64)
+            W = np.asarray(xprop.backend.to_numpy(net.row_params(l)[0]), dtype=np.float64)
             D = np.abs(g.backward(np, D @ np.abs(W).T, c[f"Z{l - 1}"], c[f"A{l - 1}"]))
-    scale = net._grads_to_layout(scale)
+    scale = net.grads_to_layout(scale)
     scale["J"] = float(_loss_term_magnitudes(net.loss, c[f"Z{L}"], c[f"A{L}"], Y64).mean())
     scale["A_L"] = np.abs(c[f"A{L}"])
     return scale

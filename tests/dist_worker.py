@@ -39,7 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import xprop  # noqa: E402
-import xprop.train  # noqa: E402
+import xprop.distributed  # noqa: E402
+import xprop.train.checkpoint  # noqa: E402
 from xprop.optim import SGD, Adam  # noqa: E402
 
 LAYERS = [64, 32, 10]
@@ -99,13 +100,13 @@ def run(ctx, X, y, out, spec):
         ckpt = out / f"{name}-rank{rank}" / "checkpoint.npz"
 
     writes = [0]
-    original = xprop.train.write_npz_atomic
+    original = xprop.train.checkpoint.write_npz_atomic
 
     def counting(*args, **kwargs):
         writes[0] += 1
         return original(*args, **kwargs)
 
-    xprop.train.write_npz_atomic = counting
+    xprop.train.checkpoint.write_npz_atomic = counting
     error = None
     history = None
     try:
@@ -117,7 +118,7 @@ def run(ctx, X, y, out, spec):
     except (xprop.TrainingDiverged, xprop.distributed.DistributedError) as exc:
         error = {"type": type(exc).__name__, "message": str(exc)}
     finally:
-        xprop.train.write_npz_atomic = original
+        xprop.train.checkpoint.write_npz_atomic = original
 
     params = comm.gather({k: np.asarray(v) for k, v in net.params.items()}, root=0)
     first = comm.gather(opt.first_params, root=0)

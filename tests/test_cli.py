@@ -151,7 +151,7 @@ def test_resume_continues_and_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_keyboard_interrupt_prints_resume_command_and_exits_130(tmp_path, monkeypatch, capsys):
-    real_fit = xprop.cli.fit
+    real_fit = xprop.cli.train.fit
 
     def fit_interrupted_after_epoch_2(*args, callbacks=None, **kwargs):
         def ctrl_c(record, net):
@@ -162,7 +162,7 @@ def test_keyboard_interrupt_prints_resume_command_and_exits_130(tmp_path, monkey
 
     out = tmp_path / "run"
     argv = ["train", "--epochs", "4", "--out", str(out), "--backend", "numpy", "--no-progress"]
-    monkeypatch.setattr(xprop.cli, "fit", fit_interrupted_after_epoch_2)
+    monkeypatch.setattr(xprop.cli.train, "fit", fit_interrupted_after_epoch_2)
     assert xprop.cli.main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted at epoch 3 of 4" in err
@@ -170,7 +170,7 @@ def test_keyboard_interrupt_prints_resume_command_and_exits_130(tmp_path, monkey
     assert "Traceback" not in err
     assert (out / "checkpoint.npz").is_file() and not (out / "model.npz").exists()
 
-    monkeypatch.setattr(xprop.cli, "fit", real_fit)
+    monkeypatch.setattr(xprop.cli.train, "fit", real_fit)
     assert xprop.cli.main([*argv, "--resume"]) == 0
     assert "resumed after epoch 2" in capsys.readouterr().out
     assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2, 3, 4]
@@ -180,7 +180,7 @@ def test_keyboard_interrupt_before_the_first_epoch(tmp_path, monkeypatch, capsys
     def fit_interrupted_at_once(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(xprop.cli, "fit", fit_interrupted_at_once)
+    monkeypatch.setattr(xprop.cli.train, "fit", fit_interrupted_at_once)
     assert xprop.cli.main(["train", "--out", str(tmp_path / "run"), "--backend", "numpy"]) == 130
     err = capsys.readouterr().err
     assert "interrupted at epoch 1 of 30; no epoch was completed" in err
@@ -304,8 +304,8 @@ def test_info_reports_versions_and_why_there_is_no_gpu(tmp_path):
 def test_info_lists_gpus_where_cupy_is_usable(monkeypatch, capsys):
     # In-process, with the backend's answers replaced: the lines a GPU machine prints.
     device = {"id": 0, "name": "Test GPU", "total_bytes": 80 * 2**30, "free_bytes": 79 * 2**30}
-    monkeypatch.setattr(xprop.cli, "cupy_status", lambda: (True, "ok: 1 device(s)"))
-    monkeypatch.setattr(xprop.cli, "gpu_info", lambda: [device])
+    monkeypatch.setattr(xprop.cli.info, "cupy_status", lambda: (True, "ok: 1 device(s)"))
+    monkeypatch.setattr(xprop.cli.info, "gpu_info", lambda: [device])
     assert xprop.cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^gpu 0:\s+Test GPU, 80\.0 GiB total, 79\.0 GiB free$", out, re.MULTILINE)

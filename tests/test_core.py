@@ -120,14 +120,14 @@ def test_gradcheck_fails_on_a_broken_backward_rule(monkeypatch):
 
 def test_gradcheck_catches_a_gradient_off_by_a_tenth_of_a_percent(monkeypatch):
     net = MLP([4, 5, 3, 3], activation="sigmoid", output="sigmoid", backend="numpy", dtype="float64")
-    real_backward = net._backward_rows
+    real_backward = net.backward_rows
 
     def scaled(cache, Y):
         grads = real_backward(cache, Y)
         grads["dW2"] = grads["dW2"] * 1.001
         return grads
 
-    monkeypatch.setattr(net, "_backward_rows", scaled)
+    monkeypatch.setattr(net, "backward_rows", scaled)
     X, Y = make_data(net, 7)
     report = gradcheck(net, X, Y)
     assert not report.passed, str(report)

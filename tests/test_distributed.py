@@ -264,8 +264,8 @@ def test_train_step_writes_its_gradients_into_the_flat_buffer(digits64, layout):
         Yr = xprop.validation.check_targets(net, y[:m], m)
         _, _, grads = step(Xr, Yr)
         assert grads is buf.grads
-        _, cache = net._forward_rows(Xr)
-        reference = net._grads_to_layout(net._backward_rows(cache, Yr))
+        _, cache = net.forward_rows(Xr)
+        reference = net.grads_to_layout(net.backward_rows(cache, Yr))
         for k, g in grads.items():
             assert np.shares_memory(g, buf.flat)
             assert rel_err(g, reference[k]) <= tolerance("fast", "float64"), (m, k)
@@ -446,7 +446,7 @@ def test_distributed_must_be_a_bool(digits64):
 
 def test_without_mpi4py_distributed_training_says_how_to_install_it(digits64, monkeypatch):
     X, y = digits64
-    monkeypatch.setattr(dist, "_CONTEXT", None)
+    monkeypatch.setattr(dist.context, "_CONTEXT", None)
     monkeypatch.setitem(sys.modules, "mpi4py", None)                 # import mpi4py fails
     with pytest.raises(ImportError, match=re.escape("pip install 'xprop[dist]'")):
         xprop.fit(xprop.MLP([64, 10], backend="numpy"), X, y, epochs=1, distributed=True)
@@ -461,17 +461,18 @@ def test_importing_xprop_does_not_import_mpi4py():
 
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.1, "momentum": 0.9}, {"name": "adam", "lr": 0.01}])
 def test_the_distributed_code_path_on_one_fake_rank_equals_plain_fit(digits64, optimizer, tmp_path):
-    """fit's distributed branch (plan, flat buffer, weights, reductions) with a one-rank fake
+    """The data-parallel strategy (plan, flat buffer, weights, reductions) with a one-rank fake
     communicator gives plain fit's weights and history bit for bit."""
     X, y = digits64
     common = dict(epochs=2, batch_size=33, validation=0.2, seed=0, progress=False)
     plain = worker.make_net(100)
     h_plain = xprop.fit(plain, X, y, optimizer=worker.make_optimizer(optimizer), **common)
     net = worker.make_net(100)
-    ctx = fake_context(0, 1)
-    args = (net, X, y, 2, 33, worker.make_optimizer(optimizer), 0.2, True, 0, False,
-            tmp_path / "c.npz", False, None, [])
-    h = xprop.train._fit(*args, ctx)
+    strategy = dist.DataParallelStrategy(fake_context(0, 1))
+    settings = xprop.train.Settings(epochs=2, batch_size=33, optimizer=worker.make_optimizer(optimizer),
+                                    validation=0.2, shuffle=True, seed=0, checkpoint=tmp_path / "c.npz",
+                                    resume=False, patience=None)
+    h = xprop.train.run(net, X, y, settings, strategy)
     for k in net.params:
         assert np.array_equal(net.params[k], plain.params[k]), k
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -24,7 +24,7 @@ from xprop.fast import TrainStep
 from xprop.flat import FlatDict
 from xprop.optim import SGD, Adam
 from xprop.tolerances import tolerance
-from xprop.train import _reference_step
+from xprop.step import ReferenceStep
 
 PAIRS = [("softmax", None), ("sigmoid", None), ("identity", None), ("tanh", "mse"),
          ("sigmoid", "mse"), ("softmax", "mse")]
@@ -57,7 +57,7 @@ def test_train_step_equals_reference(activation, output, loss, dtype, layout, ke
     X, Y = data(net, 9, rng)
     fast = TrainStep(net)
     fast.use_kernels = kernels_on  # the kernels' bodies run on NumPy arrays here
-    reference = _reference_step(net)(X, Y)
+    reference = ReferenceStep(net)(X, Y)
     for _ in range(2):  # the second call reuses the buffers
         out = fast(X, Y)
     g, g_ref = out[2], reference[2]
@@ -223,19 +223,20 @@ def test_the_step_holds_the_forward_cache_and_the_gradients_and_little_else(acti
     assert buffer_bytes(buf) <= cache + grads + scratch + small
 
 
-def test_an_activation_without_a_fast_rule_keeps_Z_and_matches_the_reference():
+def test_an_activation_without_a_fast_rule_keeps_Z_and_matches_the_reference(monkeypatch):
     """A registry entry with no backward_inplace gets separate dA buffers and its plain rule."""
     from xprop.activations import Activation
 
     rng = np.random.default_rng(8)
-    net = xprop.MLP([5, 6, 4, 3], activation="tanh", backend="numpy", dtype="float64", seed=1)
     plain = ACTIVATIONS["tanh"]
-    net._g = Activation(plain.forward, plain.backward)          # no overrides at all
+    monkeypatch.setitem(ACTIVATIONS, "tanh", Activation(plain.forward, plain.backward))  # no overrides at all
+    net = xprop.MLP([5, 6, 4, 3], activation="tanh", backend="numpy", dtype="float64", seed=1)
+    assert net.layers.hidden.backward_inplace is None
     X, Y = data(net, 7, rng)
     step = TrainStep(net)
     out = step(X, Y)
     assert step.buffers(7).dA is not step.buffers(7).Z
-    assert_fast_step_equals_reference(net, X, Y, out, _reference_step(net)(X, Y))
+    assert_fast_step_equals_reference(net, X, Y, out, ReferenceStep(net)(X, Y))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -251,7 +252,7 @@ def test_a_scaled_step_returns_scaled_gradients_and_the_same_cost(dtype):
     J_s, A_s, g_s = step(X, Y, s)
     assert J_s == J and np.array_equal(A_s, A)
     unscaled = {k: np.asarray(v, np.float64) / s for k, v in g_s.items()}
-    assert_fast_step_equals_reference(net, X, Y, (J_s, A_s, unscaled), _reference_step(net)(X, Y),
+    assert_fast_step_equals_reference(net, X, Y, (J_s, A_s, unscaled), ReferenceStep(net)(X, Y),
                                       context=f"scale={s}")
 
 
@@ -311,7 +312,7 @@ def test_the_training_step_on_the_gpu_equals_the_reference(activation, dtype):
     assert step.use_kernels
     for _ in range(2):
         out = step(X, Y)
-    assert_fast_step_equals_reference(net, X, Y, out, _reference_step(net)(X, Y), context=repr(net))
+    assert_fast_step_equals_reference(net, X, Y, out, ReferenceStep(net)(X, Y), context=repr(net))
 
 
 @pytest.mark.parametrize("make", [OPTIMIZERS["adam"], OPTIMIZERS["adam-wd"], OPTIMIZERS["sgd-nesterov"]],

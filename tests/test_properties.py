@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 import xprop
 from xprop.fast import TrainStep
-from xprop.train import _reference_step
+from xprop.step import ReferenceStep
 from xprop.validation import check_inputs, check_targets
 
 # Hypothesis imports this (libcst) only when reporting a failure; under -W error the
@@ -194,7 +194,7 @@ def test_fast_training_step_equals_the_reference(dtype, spec, use_kernels):
     X, Y = make_data(net, spec.m, spec.seed)
     Xr = check_inputs(net, X)                       # what fit hands the step: rows, net dtype
     Yr = check_targets(net, Y, Xr.shape[0])
-    reference = _reference_step(net)(Xr, Yr)
+    reference = ReferenceStep(net)(Xr, Yr)
 
     step = TrainStep(net)
     step.use_kernels = use_kernels                  # the kernels' bodies run on NumPy here

@@ -523,3 +523,12 @@ def set_memory_limit(xp, nbytes: int) -> None:
     if backend_name(xp) != "cupy":
         raise ValueError(f"gpu_mem_limit applies to the cupy backend; this net runs on {backend_name(xp)}")
     _import_cupy().get_default_memory_pool().set_limit(size=int(nbytes))
+
+
+def supports_out(xp) -> bool:
+    """Whether ``xp`` takes the ``out=`` arguments (NumPy, CuPy) that in-place fast paths need.
+
+    ``out=`` is not in the array API standard: every other namespace runs the
+    plain reference code.
+    """
+    return backend_name(xp) in ("numpy", "cupy")

@@ -53,12 +53,9 @@ def _example_batch(net, m, seed=0):
     rng = numpy.random.default_rng(seed)
     k, n_out = net.sizes[0], net.sizes[-1]
     X = rng.standard_normal((m, k))
-    if net.output == "softmax":
-        Y = numpy.eye(n_out)[rng.integers(0, n_out, size=m)]
-    elif net.output == "sigmoid":
-        Y = rng.integers(0, 2, size=(m, n_out)).astype(numpy.float64)
-    else:
-        Y = rng.standard_normal((m, n_out))
+    Y = net.head.example_targets(rng, m, n_out)
+    if Y.ndim == 1:                    # class labels: their one-hot rows
+        Y = numpy.eye(n_out)[Y]
     if net.layout == "columns":
         X, Y = X.T, Y.T
     return X, Y

@@ -1,8 +1,9 @@
 """The training step at the floor: the same equations, preallocated buffers.
 
 ``TrainStep`` is what ``fit`` runs on NumPy and CuPy. It computes exactly the
-forward and backward pass of :class:`xprop.network.MLP` (``_forward_rows`` and
-``_backward_rows`` are its plain reference, and a test holds them equal), but
+forward and backward pass of :class:`xprop.network.MLP` (``forward_rows`` and
+``backward_rows``, run by :class:`xprop.step.ReferenceStep`, are its plain
+reference, and a test holds them equal), but
 writes every intermediate into buffers allocated once per batch size and
 reused across steps (``out=``), so a step in steady state allocates nothing
 large. The rearrangements, all exact in real arithmetic:
@@ -28,15 +29,12 @@ NumPy and CuPy; other namespaces train through the plain reference.
 from __future__ import annotations
 
 from . import kernels
-from .backend import backend_name
+from .backend import backend_name, supports_out
 from .flat import flat_views
 
-__all__ = ["TrainStep", "supports_fast_path"]
+__all__ = ["TrainStep", "FastStep", "supports_fast_path"]
 
-
-def supports_fast_path(xp) -> bool:
-    """Whether ``xp`` has the ``out=`` arguments the fast step needs."""
-    return backend_name(xp) in ("numpy", "cupy")
+supports_fast_path = supports_out   # whether ``xp`` has the ``out=`` arguments this step needs
 
 
 class _Storage:
@@ -48,7 +46,7 @@ class _Storage:
     """
 
     def __init__(self, net, capacity):
-        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net._g
+        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net.layers.hidden
         hidden = sizes[1:-1]
         flat = lambda n: xp.empty((capacity * n,), dtype=dt)  # noqa: E731
         self.capacity = capacity
@@ -164,14 +162,18 @@ class TrainStep:
     buffers (validation).
     """
 
+    accepts_scale = True   # step(X, Y, scale): see the class docstring
+
     def __init__(self, net):
-        if not supports_fast_path(net.xp):
+        if not supports_out(net.xp):
             raise TypeError(f"TrainStep needs NumPy or CuPy; the net runs on {net.backend}")
         self.net = net
+        self.rules = net.layers    # read once: the activations, loss and output kind
+        self._g = self.rules.hidden
         self._buffers = {}
         self._storage = None       # work arrays for the largest batch size seen
         self._gradients = None
-        self._softmax_ce = net.output == "softmax" and net.loss == "cross_entropy"
+        self._softmax_ce = self.rules.softmax_ce
         # On CuPy the elementwise chains run as fused kernels (xprop.kernels).
         self.use_kernels = backend_name(net.xp) == "cupy"
         self._layers_of = (None, None, None)   # (params dict, its flat buffer, [(W_l, b_l)])
@@ -186,6 +188,14 @@ class TrainStep:
                 self._gradients = _Gradients.allocate(self.net)
             buf = self._buffers[m] = _Buffers(self.net, m, self._storage, self._gradients)
         return buf
+
+    @property
+    def grads(self):
+        """The gradients every call writes (shaped like ``net.params``; in the row layout a
+        FlatDict whose ``.flat`` is one buffer, the optimizer's whole-buffer operand)."""
+        if self._gradients is None:
+            self._gradients = _Gradients.allocate(self.net)
+        return self._gradients.grads
 
     def adopt_gradients(self, dW, db, grads) -> None:
         """Write the gradients into these arrays from now on (``dW[l]``, ``db[l]`` row layout).
@@ -210,7 +220,7 @@ class TrainStep:
         seen_params, seen_flat, layers = self._layers_of
         if params is seen_params and flat is not None and flat is seen_flat:
             return layers
-        layers = [None] + [net._layer_params(l) for l in range(1, net.L + 1)]
+        layers = [None] + [net.row_params(l) for l in range(1, net.L + 1)]
         self._layers_of = (params, flat, layers)
         return layers
 
@@ -219,7 +229,7 @@ class TrainStep:
         m = X.shape[0]
         s = scale / m                                        # the 1/m of dW and db (and any scale)
         buf = self._buffers.get(m) or self.buffers(m)
-        g = net._g
+        g = self._g
         layers = self._layers()
         J, AL, Z = self._forward_cost(X, Y, buf, layers)
 
@@ -232,11 +242,12 @@ class TrainStep:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
                 dZ *= s                                      # the 1/m of dW and db, once
         else:
-            if net.fused:
+            rules = self.rules
+            if rules.fused:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
             else:
-                dA_L = net._loss.grad(xp, Z, AL, Y)
-                dZ[...] = net._g_out.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
+                dA_L = rules.loss.grad(xp, Z, AL, Y)
+                dZ[...] = rules.output.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
             dZ *= s                                          # the 1/m of dW and db, once
 
         # ---- backward
@@ -270,7 +281,7 @@ class TrainStep:
     def _forward_cost(self, X, Y, buf, layers):
         """Forward pass and cost of ``X : (m, k)``: ``(J, A_L, Z_L)``, all in ``buf``."""
         net, xp, L = self.net, self.net.xp, self.net.L
-        m, g = X.shape[0], net._g
+        m, g = X.shape[0], self._g
 
         # ---- forward: Z_l = A_{l-1} W_l + b_l, A_l = g_l(Z_l)
         A = X
@@ -288,8 +299,9 @@ class TrainStep:
 
         # ---- output layer and cost
         if not self._softmax_ce:
-            AL = net._g_out.forward(xp, Z)
-            return net._loss.value(xp, Z, AL, Y), AL, Z
+            rules = self.rules
+            AL = rules.output.forward(xp, Z)
+            return rules.loss.value(xp, Z, AL, Y), AL, Z
         AL = buf.A[L]
         M, S, S_col = buf.row_max, buf.row_sum, buf.row_sum_col
         Z.max(axis=1, keepdims=True, out=M)                  # (methods: no dispatch layer)
@@ -301,3 +313,6 @@ class TrainStep:
         xp.log(S, out=S)                                     # S ≥ 1 (the max term is e⁰): no guard needed
         J = (xp.vdot(buf.ones, S) - YZ) / m                  # (1/m) Σ_i −log A_{i,y_i}
         return J, AL, Z
+
+
+FastStep = TrainStep

@@ -36,12 +36,7 @@ def example_data(net, m: int, seed=0):
     rng = numpy.random.default_rng(seed)
     k, n_out = net.sizes[0], net.sizes[-1]
     X = rng.standard_normal((m, k))
-    if net.output == "softmax":
-        Y = rng.integers(0, n_out, size=m)
-    elif net.output == "sigmoid":
-        Y = rng.integers(0, 2, size=(m, n_out)).astype(numpy.float64)
-    else:
-        Y = rng.standard_normal((m, n_out))
+    Y = net.head.example_targets(rng, m, n_out)
     if net.layout == "columns":
         X = numpy.ascontiguousarray(X.T)
         if Y.ndim == 2:
@@ -153,10 +148,10 @@ def gradcheck(net, X, Y, eps: float = 1e-6) -> GradcheckReport:
     Y64 = check_targets(ref, Y, X64.shape[0])
 
     def cost():
-        _, c = ref._forward_rows(X64)
-        return float(ref._cost_rows(c, Y64))
+        _, c = ref.forward_rows(X64)
+        return float(ref.cost_rows(c, Y64))
 
-    _, c64 = ref._forward_rows(X64)
+    _, c64 = ref.forward_rows(X64)
     kinks = 0
     if ACTIVATIONS[net.activation].kink:
         for l in range(1, net.L):

@@ -26,12 +26,14 @@ neither NumPy nor CuPy.
 
 from __future__ import annotations
 
-from .activations import get_activation
-from .backend import as_backend_array, backend_name, device_of, get_xp, to_numpy
-from .fast import supports_fast_path
+from dataclasses import dataclass
+
+from .activations import Activation, get_activation
+from .backend import as_backend_array, backend_name, device_of, get_xp, supports_out, to_numpy
 from .flat import flat_views
+from .heads import Head, get_head
 from .init import INITS, default_init, initial_weights
-from .losses import DEFAULT_LOSS, LOSSES, get_loss
+from .losses import DEFAULT_LOSS, LOSSES, Loss, get_loss
 from .validation import (
     check_choice,
     check_dtype_name,
@@ -41,9 +43,40 @@ from .validation import (
     check_targets,
 )
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "LayerRules"]
 
 LAYOUTS = ("rows", "columns")
+
+
+@dataclass(frozen=True)
+class LayerRules:
+    """What a training step needs to know of a net besides its weights (read-only).
+
+    Attributes
+    ----------
+    sizes : tuple of int
+        ``(k, n_1, ..., n_L)``.
+    hidden : Activation
+        ``g`` of layers ``1..L-1`` (forward, derivative and the in-place
+        overrides a fast step may use, :mod:`xprop.activations`).
+    output : Activation
+        ``g_L``.
+    loss : Loss
+    fused : bool
+        ``dZ_L = A_L − Y`` (softmax + cross-entropy, sigmoid + BCE).
+    softmax_ce : bool
+        The output is softmax with cross-entropy.
+    head : Head
+        The output kind (:mod:`xprop.heads`).
+    """
+
+    sizes: tuple
+    hidden: Activation
+    output: Activation
+    loss: Loss
+    fused: bool
+    softmax_ce: bool
+    head: Head
 
 
 class MLP:
@@ -98,6 +131,7 @@ class MLP:
             )
         # dZ_L = A_L − Y for softmax + CE and sigmoid + BCE; the generic rule otherwise.
         self.fused = need is not None
+        self.head = get_head(output)
         self.layout = check_choice("layout", layout, LAYOUTS)
         self.init = default_init(activation) if init is None else check_choice("init", init, tuple(INITS))
         self.seed = check_seed(seed)
@@ -117,7 +151,7 @@ class MLP:
                 W, b = W.T, b.reshape(-1, 1)
             host[f"W{l}"] = W.astype(self.dtype_name, order="C")
             host[f"b{l}"] = b.astype(self.dtype_name, order="C")
-        if supports_fast_path(xp):  # one buffer, one view per parameter (see flat.py)
+        if supports_out(xp):  # one buffer, one view per parameter (see flat.py)
             self.params = flat_views(xp, {k: v.shape for k, v in host.items()}, self.dtype)
             for name, value in host.items():
                 self.params[name][...] = xp.asarray(value)
@@ -213,21 +247,29 @@ class MLP:
 
         return save(self, path, metadata)
 
-    # ------------------------------------------------ row-layout math (internal)
-    def _layer_params(self, l: int):
+    # ------------------------------------------------------ row-layout math
+    # What training steps and checks build on: the same equations on row-layout
+    # arrays (``X : (m, k)``), whatever the net's layout.
+    @property
+    def layers(self) -> LayerRules:
+        """The rules of every layer, read-only (:class:`LayerRules`)."""
+        return LayerRules(tuple(self.sizes), self._g, self._g_out, self._loss, self.fused,
+                          self.output == "softmax" and self.loss == "cross_entropy", self.head)
+
+    def row_params(self, l: int):
         """``(W_l, b_l)`` as the row-layout math sees them (views, no copies)."""
         W, b = self.params[f"W{l}"], self.params[f"b{l}"]
         if self.layout == "columns":
             return W.T, b.T  # (n_{l-1}, n_l), (1, n_l)
         return W, b
 
-    def _forward_rows(self, X):
+    def forward_rows(self, X):
         """Forward pass on row-layout ``X : (m, k)``; returns ``A_L`` and the cache."""
         xp = self.xp
         cache = {"A0": X}
         A = X
         for l in range(1, self.L + 1):
-            W, b = self._layer_params(l)
+            W, b = self.row_params(l)
             g = self._g_out if l == self.L else self._g
             Z = A @ W + b                      # Z_l = A_{l-1} W_l + b_l
             A = g.forward(xp, Z)               # A_l = g_l(Z_l)
@@ -235,7 +277,7 @@ class MLP:
             cache[f"A{l}"] = A
         return A, cache
 
-    def _output_delta(self, cache, Y):
+    def output_delta(self, cache, Y):
         """``dZ_L``: ``A_L − Y`` for the fused pairs, else ``dA_L ∘ g_L'(Z_L)``."""
         xp, L = self.xp, self.L
         Z, A = cache[f"Z{L}"], cache[f"A{L}"]
@@ -244,14 +286,14 @@ class MLP:
         dA = self._loss.grad(xp, Z, A, Y)                  # dA_L = ∂L/∂A_L
         return self._g_out.backward(xp, dA, Z, A)          # dZ_L = dA_L ∘ g_L'(Z_L)
 
-    def _backward_rows(self, cache, Y):
+    def backward_rows(self, cache, Y):
         """Backward pass from a row-layout cache and targets ``Y : (m, n_L)``."""
         xp = self.xp
         m = Y.shape[0]
-        dZ = self._output_delta(cache, Y)
+        dZ = self.output_delta(cache, Y)
         grads = {}
         for l in range(self.L, 0, -1):
-            W, b = self._layer_params(l)
+            W, b = self.row_params(l)
             A_prev = cache[f"A{l - 1}"]
             grads[f"dW{l}"] = (A_prev.T @ dZ) / m          # dW_l = (1/m) A_{l-1}ᵀ dZ_l
             grads[f"db{l}"] = xp.sum(dZ, axis=0) / m       # db_l = (1/m) Σ_i dZ_l
@@ -261,9 +303,10 @@ class MLP:
                 dZ = self._g.backward(xp, dA, Z_prev, A_prev)  # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
         return grads
 
-    def _cost_rows(self, AL_cache, Y):
+    def cost_rows(self, cache, Y):
+        """``J`` (0-d array) from a row-layout cache and targets ``Y : (m, n_L)``."""
         L = self.L
-        return self._loss.value(self.xp, AL_cache[f"Z{L}"], AL_cache[f"A{L}"], Y)
+        return self._loss.value(self.xp, cache[f"Z{L}"], cache[f"A{L}"], Y)
 
     # ---------------------------------------------------- layout at the edges
     def _cache_to_layout(self, cache):
@@ -282,7 +325,8 @@ class MLP:
             return {key: cache[key].T for key in expected}
         return cache
 
-    def _grads_to_layout(self, grads):
+    def grads_to_layout(self, grads):
+        """Row-layout gradients (``dW_l : (n_{l-1}, n_l)``) shaped like this net's params."""
         if self.layout == "columns":
             xp = self.xp
             return {key: (value.T if key.startswith("dW") else xp.reshape(value, (-1, 1)))
@@ -305,7 +349,7 @@ class MLP:
             ``"A0"`` (= X), ``"Z1"``, ``"A1"``, ..., ``"ZL"``, ``"AL"`` in the
             layout of X, kept for :meth:`backward`.
         """
-        A, cache = self._forward_rows(check_inputs(self, X))
+        A, cache = self.forward_rows(check_inputs(self, X))
         cache = self._cache_to_layout(cache)
         return cache[f"A{self.L}"], cache
 
@@ -329,22 +373,18 @@ class MLP:
             raise TypeError(f"cache must be the dict returned by forward(); got {type(cache).__name__}")
         rows = self._cache_from_layout(cache)
         Y = check_targets(self, Y, rows["A0"].shape[0])
-        return self._grads_to_layout(self._backward_rows(rows, Y))
+        return self.grads_to_layout(self.backward_rows(rows, Y))
 
     def cost(self, X, Y) -> float:
         """The cost ``J = (1/m) Σ_i L_i`` on ``(X, Y)``."""
         X = check_inputs(self, X)
         Y = check_targets(self, Y, X.shape[0])
-        _, cache = self._forward_rows(X)
-        return float(self._cost_rows(cache, Y))
+        _, cache = self.forward_rows(X)
+        return float(self.cost_rows(cache, Y))
 
     def predict(self, X):
         """Predictions: class indices ``(m,)`` for softmax, 0/1 for sigmoid,
         the output values for any other output (layout-shaped like ``A_L``)."""
-        xp = self.xp
-        A, _ = self._forward_rows(check_inputs(self, X))
-        if self.output == "softmax":
-            return xp.argmax(A, axis=1)
-        if self.output == "sigmoid":
-            A = xp.astype(A > 0.5, xp.int64)
-        return A.T if self.layout == "columns" else A
+        A, _ = self.forward_rows(check_inputs(self, X))
+        P = self.head.predict(self.xp, A)
+        return P.T if self.layout == "columns" and P.ndim == 2 else P

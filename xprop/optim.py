@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 
 from . import kernels
-from .backend import backend_name, get_xp
-from .fast import supports_fast_path
+from .backend import backend_name, get_xp, supports_out
 from .validation import check_positive_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer"]
@@ -127,7 +126,7 @@ class Optimizer:
                 state = self.state[name] = {s: xp.zeros_like(p) for s in self.state_names}
                 self._xp[name] = xp
             xp = self._xp[name]
-            if supports_fast_path(xp):
+            if supports_out(xp):
                 tmp = self._scratch.get(name)
                 if tmp is None:
                     tmp = self._scratch[name] = xp.empty_like(p)
@@ -149,7 +148,7 @@ class Optimizer:
         if self._flat is not None and self._flat[0] is flat_p and id(flat_g) in self._flat[4]:
             return self._flat[1:4]
         xp = get_xp(flat_p)
-        if (not supports_fast_path(xp) or tuple(flat_g.shape) != tuple(flat_p.shape)
+        if (not supports_out(xp) or tuple(flat_g.shape) != tuple(flat_p.shape)
                 or list(grads) != [f"d{name}" for name in params]):
             return None
         if self._flat is not None and self._flat[0] is flat_p:

@@ -1,0 +1,69 @@
+"""Data-parallel training over MPI: one process per rank, gradients averaged every step.
+
+The design of Horovod and ChainerMN. The same script runs under
+``mpiexec -n N``; every rank holds the full data and the same net, starts from
+rank 0's weights, shuffles with the same seed, and trains on its own slice of
+every global batch. Before each optimizer step the gradients of all ranks are
+summed by one allreduce, weighted so that the sum is exactly the mean over the
+whole global batch::
+
+    ḡ_r = (1/m_r) Σ_{i ∈ shard r} ∇L_i          what a rank's backward computes
+    ḡ   = Σ_r (m_r / B) ḡ_r = (1/B) Σ_i ∇L_i       the allreduce of the weighted ḡ_r
+
+so N ranks take the same steps as one process on the full batch (up to the
+order of the floating-point sums). The optimizer then runs on every rank with
+identical gradients, so weights and optimizer state stay identical.
+
+The split of a global batch of B examples over N ranks is NumPy's
+``array_split`` rule: the first ``B mod N`` ranks get ``⌈B/N⌉`` examples, the
+others ``⌊B/N⌋``. A rank that gets none (B < N, e.g. a last batch of 1)
+contributes a zero gradient with weight 0.
+
+The reduction goes over one contiguous buffer holding every gradient, reused
+across steps: one collective per step, whatever the number of layers. The
+fast training step writes its ``dW_l`` and ``db_l`` straight into views of
+that buffer, so packing costs nothing.
+
+Paths
+-----
+NumPy
+    MPI ``Allreduce(IN_PLACE)`` on the host buffer.
+CuPy with NCCL
+    NCCL's allreduce on the device buffer (``cupy.cuda.nccl``; the NCCL
+    runtime comes from the ``nvidia-nccl-cu12`` wheel). MPI only carries the
+    NCCL unique id from rank 0 to the others.
+CuPy without NCCL
+    The buffer is copied to the host, reduced by MPI and copied back, with a
+    :class:`DistributedWarning` on rank 0.
+
+The package: ``errors`` (what is raised alike on every rank), ``shard`` (the
+split and the flat gradient buffer, pure), ``reducers`` (the three paths),
+``context`` (MPI, ranks, GPUs: :func:`init`), ``strategy`` (the data-parallel
+training strategy and its per-run checks), ``launch`` (finding ``mpiexec``).
+Nothing here imports mpi4py at import time; :func:`init` does, the first
+time distributed training is asked for, and ``import xprop`` does not import
+this package at all. Every CuPy access goes through :mod:`xprop.backend`.
+"""
+
+
+from .context import Context, assign_gpus, import_mpi, init
+from .errors import INSTALL_HINT, DistributedError, DistributedWarning
+from .launch import find_mpiexec
+from .reducers import HostReducer, NcclReducer, StagedReducer, choose_path, make_reducer
+from .shard import GradBuffer, ShardPlan, shard_bounds, shard_sizes
+from .strategy import DataParallel, DataParallelStrategy, sample_digest, state_digest
+
+__all__ = [
+    "Context",
+    "DistributedError",
+    "DistributedWarning",
+    "GradBuffer",
+    "ShardPlan",
+    "assign_gpus",
+    "choose_path",
+    "find_mpiexec",
+    "init",
+    "make_reducer",
+    "shard_bounds",
+    "shard_sizes",
+]

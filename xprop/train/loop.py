@@ -1,0 +1,293 @@
+"""The training loop: check the arguments, build the parts, run the epochs.
+
+``fit`` turns its arguments into parts and hands them to :func:`run`::
+
+    step      = make_step(net)                    the fast step or the reference (xprop.step)
+    strategy  = LocalStrategy() | DataParallelStrategy(ctx)
+    callbacks = [progress bar, divergence guard, early stopping, checkpoint, *user callbacks]
+
+and :func:`run` is the same for every combination of them: it never asks
+whether the run is distributed, how a step computes its gradients or what a
+callback does. Per step there is only the step, the update and a pre-bound
+progress tick (inside the strategy's epoch); everything else happens once per
+epoch. The batch losses stay on the device and are read back once per epoch,
+so a GPU step never waits for the host. A non-finite loss stops training with
+an error naming the epoch and step; the checkpoint of the last good epoch is
+not touched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy
+
+from ..backend import memory_pool_bytes, set_memory_limit
+from ..optim import Adam, Optimizer, make_optimizer
+from ..step import make_step
+from ..validation import check_inputs, check_positive_int, check_seed, check_targets
+from .callbacks import Checkpoint, DivergenceGuard, EarlyStopping, ProgressBar, UserCallback
+from .data import Examples, examples_from, split_validation
+from .history import History, TrainingDiverged
+from .strategy import LocalStrategy, evaluate_examples
+
+__all__ = ["fit", "evaluate", "run", "Settings", "TrainState"]
+
+
+@dataclass
+class Settings:
+    """fit's arguments that shape the run (checked), as strategies and checkpoints see them."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Optimizer
+    validation: object
+    shuffle: bool
+    seed: object
+    checkpoint: object
+    resume: bool
+    patience: object
+    gpu_mem_limit: object = None
+
+
+@dataclass
+class TrainState:
+    """What the callbacks see of a run.
+
+    Attributes
+    ----------
+    epoch : int
+        The epoch running (1-based) or, between epochs, the last completed one
+        (0 before the first; the checkpoint's after a resume).
+    steps : int
+        Steps per epoch.
+    """
+
+    net: object
+    optimizer: Optimizer
+    rng: numpy.random.Generator
+    strategy: object
+    epochs: int
+    steps: int
+    history: History = field(default_factory=History)
+    epoch: int = 0
+
+
+def evaluate(net, X, Y) -> dict:
+    """Loss and accuracy (classification) of ``net`` on ``(X, Y)``."""
+    Xr = check_inputs(net, X)
+    Yr = check_targets(net, Y, Xr.shape[0])
+    sums = evaluate_examples(net, Examples(net, Xr, Yr, None))
+    return {"loss": sums.loss_sum / sums.n, "accuracy": sums.accuracy(net.head.outputs_per_example(net.sizes[-1])),
+            "n": int(Xr.shape[0])}
+
+
+def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
+        seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None,
+        distributed=False, strict_device=False, gpu_mem_limit=None):
+    """Train ``net`` in place with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    net : MLP
+    X : array, ``(m, k)`` (rows) or ``(k, m)`` (columns)
+    Y : array
+        Targets as accepted by :meth:`MLP.backward` (labels or target rows).
+    epochs : int
+        Passes over the training data (in total, counting resumed ones).
+    batch_size : int
+        Examples per step; the last, partial batch is kept. A batch_size
+        larger than the training set means full-batch gradient descent.
+    optimizer : Optimizer or {"sgd", "adam"} or None
+        None means ``Adam(lr=1e-3)``. Its state is created on the net's backend.
+    validation : None, float or (X_val, Y_val)
+        A float in (0, 1) holds out that fraction of (X, Y), chosen with a
+        host RNG seeded by ``seed``.
+    shuffle : bool
+        Reshuffle the training examples every epoch (host RNG, seeded).
+    seed : int or None
+        Seed of the shuffling and hold-out RNG.
+    progress : bool
+        Show a tqdm bar; it stays quiet by itself when stderr is not a terminal.
+    checkpoint : str or Path, optional
+        Written atomically after every epoch: parameters, optimizer state,
+        epoch, RNG state, history, architecture and version.
+    resume : bool
+        Continue from ``checkpoint`` if it exists (else start afresh). With the
+        same seed and data the result equals an uninterrupted run's, bit for
+        bit on the CPU.
+    patience : int, optional
+        Stop when the validation loss has not improved for this many epochs
+        and restore the best weights. Needs ``validation``.
+    callbacks : list of callable, optional
+        Called as ``cb(record, net)`` after each epoch with the epoch's record
+        (a dict); a callback returning True stops training.
+    distributed : bool
+        Data-parallel training over MPI (see :mod:`xprop.distributed` and
+        docs/distributed.md): run the same script under ``mpiexec -n N``, with
+        the full ``X, Y`` and the same arguments on every rank. Every rank
+        starts from rank 0's weights and trains on its share of each global
+        batch of ``batch_size``; the gradients are averaged over the whole
+        batch before every step, so the updates are those of one process
+        (up to rounding). Only rank 0 shows progress and writes the
+        checkpoint; on resume every rank reads it. Validation metrics and the
+        reported training loss are global (summed over ranks); the History
+        is the same on every rank except the timings. ``seed=None`` is drawn
+        on rank 0. A failure on one rank aborts all of them.
+    strict_device : bool
+        Make any host↔device copy or device synchronisation inside a training
+        step an error (CuPy: ``cupyx.allow_synchronize(False)`` and the
+        backend's transfer count). The data moves to the device once, at the
+        call's entry, and the losses are read back once per epoch, outside
+        the checked region. On NumPy there is no device and nothing to check.
+    gpu_mem_limit : int, optional
+        Bytes the CuPy memory pool may hold (``history.memory_total_bytes``
+        shows what it holds per epoch). CuPy backend only.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingDiverged
+        The loss became NaN or inf (names epoch, step and last finite loss);
+        with ``distributed=True``, on every rank alike.
+    xprop.distributed.DistributedError
+        Ranks were called with different arguments or data, or cannot get a
+        GPU of their own (raised on every rank alike).
+    """
+    epochs = check_positive_int("epochs", epochs)
+    seed = check_seed(seed)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if patience is not None:
+        patience = check_positive_int("patience", patience)
+        if validation is None:
+            raise ValueError("patience (early stopping) needs validation data; pass validation=0.1 or (X_val, Y_val)")
+    optimizer = _optimizer(optimizer)
+    callbacks = _user_callbacks(callbacks)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=<path> to resume from")
+    if checkpoint is not None:
+        folder = Path(checkpoint).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"checkpoint {str(checkpoint)!r}: its directory {str(folder)!r} does not exist; "
+                "create it first")
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    if not isinstance(strict_device, bool):
+        raise TypeError(f"strict_device must be True or False; got {strict_device!r}")
+    if gpu_mem_limit is not None and (isinstance(gpu_mem_limit, bool)
+                                      or not isinstance(gpu_mem_limit, int) or gpu_mem_limit < 1):
+        raise ValueError(f"gpu_mem_limit must be a number of bytes ≥ 1 or None; got {gpu_mem_limit!r}")
+    settings = Settings(epochs, batch_size, optimizer, validation, shuffle, seed, checkpoint, resume,
+                        patience, gpu_mem_limit)
+    if distributed:
+        from ..distributed import DataParallelStrategy, init  # noqa: PLC0415  (MPI only when asked for)
+
+        strategy = DataParallelStrategy(init())
+    else:
+        strategy = LocalStrategy(strict=strict_device)
+    with strategy.running():
+        return run(net, X, Y, settings, strategy, callbacks, progress)
+
+
+def _optimizer(optimizer) -> Optimizer:
+    if optimizer is None:
+        return Adam()
+    if isinstance(optimizer, str):
+        return make_optimizer(optimizer)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be an xprop optimizer, 'sgd', 'adam' or None; got {type(optimizer).__name__}")
+    return optimizer
+
+
+def _user_callbacks(callbacks) -> list:
+    if callable(callbacks):
+        callbacks = [callbacks]   # one callback given on its own
+    callbacks = list(callbacks or [])
+    if not all(callable(cb) for cb in callbacks):
+        raise TypeError("callbacks must be a list of functions cb(record, net); got "
+                        f"{[type(cb).__name__ for cb in callbacks]}")
+    return callbacks
+
+
+def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=False) -> History:
+    """Train ``net`` on checked ``settings`` with ``strategy``; the body of :func:`fit`.
+
+    Builds the step and the callbacks, then: the validation split, a resume,
+    the epochs (the strategy's steps, the divergence guard, validation, the
+    record, the callbacks, an agreed stop) and the end (best weights back).
+    """
+    Xr = check_inputs(net, X)
+    # Data: checked once, moved to the backend once, never copied (a validation
+    # fraction splits the indices; class labels stay labels).
+    data = examples_from(net, Xr, check_targets(net, Y, Xr.shape[0], keep_labels=True))
+    seed = strategy.begin(net, data, settings)
+    split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
+    train, val = split_validation(net, data, settings.validation, numpy.random.default_rng(split_seq))
+    rng = numpy.random.default_rng(shuffle_seq)
+    step = make_step(net)
+    strategy.prepare(step, settings.optimizer, train, val, settings.batch_size)
+    state = TrainState(net, settings.optimizer, rng, strategy, settings.epochs, strategy.steps)
+
+    early = EarlyStopping(settings.patience)
+    config = {"batch_size": settings.batch_size, "epochs": settings.epochs, "shuffle": bool(settings.shuffle),
+              "seed": seed}
+    store = (None if settings.checkpoint is None
+             else Checkpoint(Path(settings.checkpoint), settings.resume, config, stateful=[early]))
+    resumed = strategy.from_root(store is not None and store.can_resume())
+    if resumed:
+        store.restore(state)
+    strategy.start(net, settings.optimizer, rng, resumed)
+    config.update(strategy.config())
+    bar = ProgressBar(progress and strategy.is_root)
+    callbacks = [bar, DivergenceGuard(), early, *([store] if store else []),
+                 *(UserCallback(cb) for cb in user_callbacks)]
+    if settings.gpu_mem_limit is not None:
+        set_memory_limit(net.xp, settings.gpu_mem_limit)
+    try:
+        for cb in callbacks:
+            cb.on_train_begin(state)
+        _epochs(state, strategy, callbacks, bar, val, settings.shuffle)
+    finally:
+        for cb in callbacks:
+            cb.close()
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state.history
+
+
+def _epochs(state, strategy, callbacks, bar, val, shuffle) -> None:
+    """The epochs after ``state.epoch`` up to ``state.epochs``, or until a stop is agreed."""
+    net, rng, history, m = state.net, state.rng, state.history, strategy.m
+    per_example = net.head.outputs_per_example(net.sizes[-1])
+    tick = bar.tick
+    for epoch in range(state.epoch + 1, state.epochs + 1):
+        state.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(state)
+        t0 = time.perf_counter()
+        result = strategy.run_epoch(rng if shuffle else None, tick)
+        for cb in callbacks:
+            cb.on_epoch_result(state, result)
+        val_loss = val_acc = None
+        if val is not None:
+            sums = strategy.evaluate(val)
+            val_loss, val_acc = sums.loss(), sums.accuracy(per_example)
+        seconds = time.perf_counter() - t0
+        used, total = memory_pool_bytes(net.xp)
+        history.append(epoch=epoch, loss=result.loss(), accuracy=result.accuracy(per_example),
+                       val_loss=val_loss, val_accuracy=val_acc, seconds=seconds,
+                       samples_per_s=m / seconds, memory_used_bytes=used, memory_total_bytes=total)
+        record = history.last()
+        stop = False
+        for cb in callbacks:       # every callback runs, whatever the ones before it asked
+            if cb.on_epoch_end(state, record):
+                stop = True
+        if strategy.agree_stop(stop):
+            history.stopped_early = True
+            break
