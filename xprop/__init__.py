@@ -14,7 +14,16 @@ from .network import MLP
 from .optim import SGD, Adam
 from .train import History, TrainingDiverged, evaluate, fit
 
-__version__ = "0.1.0"
+from .version import __version__
+
+
+def __getattr__(name):
+    """``xprop.distributed`` on first use: ``import xprop`` does not load the MPI package."""
+    if name == "distributed":
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(".distributed", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Adam",

@@ -61,7 +61,6 @@ CuPy: it asks :mod:`xprop.backend`.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
 import json
@@ -464,16 +463,18 @@ def run_checks() -> list[Finding]:
 
 
 def main(argv=None) -> int:
-    """``xprop doctor [--json]``: print the findings; 1 if any is "fail", else 0."""
-    parser = argparse.ArgumentParser(
-        prog="xprop doctor",
-        description="Check the NVIDIA driver, CuPy, kernel cache, MPI/NCCL, BLAS and GPU memory for xprop.",
-    )
-    parser.add_argument("--json", action="store_true", help="print the findings as a JSON list")
-    args = parser.parse_args(argv)
+    """``xprop doctor [--json]``: print the findings; 1 if any is "fail", else 0.
+
+    ``argv`` is ``[]`` or ``["--json"]`` (the command line, :mod:`xprop.cli.info`,
+    parses the flags).
+    """
+    argv = list(argv or [])
+    unknown = [a for a in argv if a != "--json"]
+    if unknown:
+        raise ValueError(f"xprop doctor takes only --json; got {unknown}")
     findings = run_checks()
     failed = [f for f in findings if f.status == "fail"]
-    if args.json:
+    if "--json" in argv:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
         for f in findings:

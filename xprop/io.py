@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy
 
 from .backend import to_numpy
+from .version import __version__
 
 __all__ = ["FORMAT_VERSION", "ModelFileError", "save", "load", "write_npz_atomic", "read_npz"]
 
@@ -191,8 +192,6 @@ def params_from_arrays(net, arrays: dict, path, kind: str) -> dict:
 
 def save(net, path, metadata: dict | None = None) -> Path:
     """Write ``net`` to ``path`` (``.npz``): weights, architecture, optional metadata."""
-    from . import __version__  # noqa: PLC0415
-
     meta = {"format_version": FORMAT_VERSION, "kind": "model", "xprop_version": __version__,
             "architecture": architecture(net), "metadata": metadata or {}}
     return write_npz_atomic(path, net.params, meta)

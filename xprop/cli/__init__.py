@@ -27,7 +27,7 @@ import argparse
 import os
 import sys
 
-from .. import __version__
+from ..version import __version__
 from ..backend import BackendError
 from ..distributed.errors import DistributedError
 from ..io import ModelFileError

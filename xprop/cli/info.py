@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy
 
-from .. import __version__
+from ..version import __version__
 from ..backend import BackendError, backend_name, backends, cupy_status, get_xp, gpu_info
 from ..explain import explain
 from .common import net_arguments, one_line, positive_int, say

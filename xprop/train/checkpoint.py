@@ -24,6 +24,7 @@ checkpoint as a model file (``param.*``).
 from __future__ import annotations
 
 from ..io import FORMAT_VERSION, architecture, check_architecture, params_from_arrays, read_npz, write_npz_atomic
+from ..version import __version__
 from .history import History
 
 __all__ = ["write_checkpoint", "read_checkpoint", "read_checkpoint_config"]
@@ -46,8 +47,6 @@ def write_checkpoint(path, net, optimizer, epoch: int, rng, history, config: dic
     stateful : sequence of callbacks
         Each one's ``state_dict()`` is stored under its key and prefix.
     """
-    from .. import __version__  # noqa: PLC0415  (the package, imported by then)
-
     arrays = {f"param.{k}": v for k, v in net.params.items()}
     state = optimizer.state_dict()
     arrays.update({f"opt.{k}": v for k, v in state["arrays"].items()})

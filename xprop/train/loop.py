@@ -215,12 +215,22 @@ def _user_callbacks(callbacks) -> list:
     return callbacks
 
 
-def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=False) -> History:
+def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=False, *,
+        step=None, guard=None, early=None) -> History:
     """Train ``net`` on checked ``settings`` with ``strategy``; the body of :func:`fit`.
 
-    Builds the step and the callbacks, then: the validation split, a resume,
-    the epochs (the strategy's steps, the divergence guard, validation, the
-    record, the callbacks, an agreed stop) and the end (best weights back).
+    Builds the parts, then: the validation split, a resume, the epochs (the
+    strategy's steps, the divergence guard, validation, the record, the
+    callbacks, an agreed stop) and the end (best weights back).
+
+    Parameters
+    ----------
+    step, guard, early : optional
+        The training step (default :func:`~xprop.step.make_step`), the
+        divergence guard (default :class:`DivergenceGuard`) and the early
+        stopping callback (default ``EarlyStopping(settings.patience)``),
+        for a run whose parts differ from fit's (e.g. K stacked models, whose
+        results are per model).
     """
     Xr = check_inputs(net, X)
     # Data: checked once, moved to the backend once, never copied (a validation
@@ -230,11 +240,11 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
     train, val = split_validation(net, data, settings.validation, numpy.random.default_rng(split_seq))
     rng = numpy.random.default_rng(shuffle_seq)
-    step = make_step(net)
+    step = make_step(net) if step is None else step
     strategy.prepare(step, settings.optimizer, train, val, settings.batch_size)
     state = TrainState(net, settings.optimizer, rng, strategy, settings.epochs, strategy.steps)
 
-    early = EarlyStopping(settings.patience)
+    early = EarlyStopping(settings.patience) if early is None else early
     config = {"batch_size": settings.batch_size, "epochs": settings.epochs, "shuffle": bool(settings.shuffle),
               "seed": seed}
     store = (None if settings.checkpoint is None
@@ -245,7 +255,7 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     strategy.start(net, settings.optimizer, rng, resumed)
     config.update(strategy.config())
     bar = ProgressBar(progress and strategy.is_root)
-    callbacks = [bar, DivergenceGuard(), early, *([store] if store else []),
+    callbacks = [bar, DivergenceGuard() if guard is None else guard, early, *([store] if store else []),
                  *(UserCallback(cb) for cb in user_callbacks)]
     if settings.gpu_mem_limit is not None:
         set_memory_limit(net.xp, settings.gpu_mem_limit)
