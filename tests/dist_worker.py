@@ -21,6 +21,12 @@ A RUN is a dict:
                 dies (or raises) at its k-th optimizer step
 ``per_rank``    ``{"<r>": {key: value}}``: arguments that differ on rank r (a mistake fit
                 must refuse)
+``shards``      ``[[lo, hi], ...]``: rank r trains with ``distributed="sharded"`` on rows
+                ``lo:hi`` of the data only (its shard)
+``rank_timeout`` fit's rank_timeout (default: fit's)
+``validation_rows`` ``[[lo, hi], ...]``: rank r's validation pair is rows ``lo:hi`` of the data
+``patience``    fit's patience
+``fail.how``    also "sigstop" (the rank stops itself) and "hang" (it sleeps for an hour)
 
 The data and the net are built by :func:`digits` and :func:`make_net`, which
 the tests import to build the one-process reference the same way.
@@ -32,6 +38,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -76,6 +83,10 @@ def make_optimizer(spec, fail=None, rank=0):
             if fail is not None and self.t + 1 == fail["step"]:
                 if fail["how"] == "sigkill":
                     os.kill(os.getpid(), signal.SIGKILL)
+                elif fail["how"] == "sigstop":
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                elif fail["how"] == "hang":
+                    time.sleep(3600)
                 elif fail["how"] == "exit":
                     os._exit(3)
                 raise RuntimeError(f"injected failure at step {fail['step']}")
@@ -109,12 +120,25 @@ def run(ctx, X, y, out, spec):
     xprop.train.checkpoint.write_npz_atomic = counting
     error = None
     history = None
+    distributed = True
+    if spec.get("shards"):
+        lo, hi = spec["shards"][rank]
+        X, y = X[lo:hi], y[lo:hi]
+        distributed = "sharded"
+    extra = {"rank_timeout": spec["rank_timeout"]} if "rank_timeout" in spec else {}
+    validation = spec.get("validation")
+    if spec.get("validation_rows"):          # this rank's part of a validation set: rows of the data
+        lo, hi = spec["validation_rows"][rank]
+        Xa, ya = digits()
+        validation = (Xa[lo:hi], ya[lo:hi])
+    if spec.get("patience"):
+        extra["patience"] = spec["patience"]
     try:
         history = xprop.fit(net, X, y, epochs=spec["epochs"], batch_size=spec["batch_size"],
-                            optimizer=opt, validation=spec.get("validation"),
+                            optimizer=opt, validation=validation,
                             shuffle=spec.get("shuffle", True), seed=spec.get("seed", 0),
                             progress=False, checkpoint=ckpt, resume=spec.get("resume", False),
-                            distributed=True)
+                            distributed=distributed, **extra)
     except (xprop.TrainingDiverged, xprop.distributed.DistributedError) as exc:
         error = {"type": type(exc).__name__, "message": str(exc)}
     finally:

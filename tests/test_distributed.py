@@ -438,9 +438,9 @@ def test_ranks_starting_from_different_states_are_refused():
         dp.check_same_state(net, xprop.SGD(), np.random.default_rng(0), resumed=True)
 
 
-def test_distributed_must_be_a_bool(digits64):
+def test_distributed_must_be_a_bool_or_sharded(digits64):
     X, y = digits64
-    with pytest.raises(TypeError, match="distributed must be True or False"):
+    with pytest.raises(TypeError, match="distributed must be True, False or 'sharded'; got 'yes'"):
         xprop.fit(xprop.MLP([64, 10], backend="numpy"), X, y, distributed="yes")
 
 

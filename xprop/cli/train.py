@@ -17,6 +17,7 @@ from ..network import MLP
 from ..optim import SGD, Adam
 from ..train import TrainingDiverged, evaluate, fit
 from ..train.checkpoint import read_checkpoint_config
+from .sharded import global_counts, load_sharded
 from .common import (
     PROG,
     check_layers,
@@ -38,6 +39,10 @@ from .common import (
 )
 
 STANDARDIZE = ("zscore", "minmax", "none")
+_DIST_HELP = ("data-parallel over MPI: mpiexec -n N xprop train --distributed ... (needs xprop[dist]; "
+              "see docs/distributed.md). full (the default): every rank loads the whole data; sharded: "
+              "each rank only its rows, from --data 'part-{rank}.npz' or its rows of one big .npz / "
+              "X.npy (memory-mapped)")
 DEFAULT_HIDDEN = 128
 
 
@@ -146,10 +151,14 @@ class _Run:
         self.out = _run_directory(args, job)
         self.ckpt = self.out / "checkpoint.npz"
         # Data, scaled with statistics of the training split only.
-        self.ds, self.where = load_raw(args, seed=args.seed)
-        ds = self.ds
         self.method = None if args.standardize == "none" else args.standardize
-        self.scaler = None if self.method is None else fit_scaler(ds.X_train, self.method)
+        self.sharded, self.counts = args.distributed == "sharded", None
+        if self.sharded:      # this rank's rows only; the statistics of all of them
+            self.ds, self.where, self.scaler = load_sharded(args, job.ctx, self.method)
+        else:
+            self.ds, self.where = load_raw(args, seed=args.seed)
+            self.scaler = None if self.method is None else fit_scaler(self.ds.X_train, self.method)
+        ds = self.ds
         self.X_train = apply_scaler(ds.X_train, self.scaler)
         self.X_test = None if ds.X_test is None else apply_scaler(ds.X_test, self.scaler)
         self.n_features, self.n_classes = ds.n_features, ds.n_classes
@@ -177,8 +186,10 @@ def _train(args, job) -> int:
                       epochs=args.epochs, batch_size=args.batch_size, optimizer=run.optimizer,
                       validation=args.validation or None, seed=args.seed,
                       progress=not args.no_progress, checkpoint=run.ckpt, resume=args.resume,
-                      patience=args.patience, callbacks=[track], distributed=job.ctx is not None,
-                      strict_device=args.strict_device, gpu_mem_limit=args.gpu_mem_limit)
+                      patience=args.patience, callbacks=[track],
+                      distributed="sharded" if run.sharded else job.ctx is not None,
+                      strict_device=args.strict_device, gpu_mem_limit=args.gpu_mem_limit,
+                      rank_timeout=args.rank_timeout)
     except KeyboardInterrupt:
         n = done["epoch"]
         saved = (f"epochs 1-{n} are saved in {run.ckpt}" if n else "no epoch was completed, nothing saved")
@@ -186,6 +197,8 @@ def _train(args, job) -> int:
                 f"resume with: {_resume_command(args.argv, run.out)}")
         return 130
     seconds = time.perf_counter() - t0
+    if run.sharded:            # counts and test metrics of all shards (collective)
+        run.counts = global_counts(run, job.ctx)
     if not job.is_root:
         return 0               # rank 0 writes the files and the summary
     wrote, curves_note = _write_run(run, history)
@@ -218,13 +231,16 @@ def _write_run(run, history):
 
 
 def _data_line(run) -> str:
-    args, ds = run.args, run.ds
-    m = len(ds.y_train)
-    n_val = max(1, round(args.validation * m)) if args.validation else 0
-    data_line = f"{ds.name}: {m} train examples"
+    args, ds, counts = run.args, run.ds, run.counts
+    m = len(ds.y_train) if counts is None else counts["m"]
+    n_val = (max(1, round(args.validation * m)) if args.validation else 0) if counts is None else counts["n_val"]
+    data_line = f"{ds.name}: {m} train examples" + (f" in {run.job.size} shards" if counts else "")
     if n_val:
         data_line += f" ({m - n_val} fitted, {n_val} held out for validation)"
-    data_line += f", {len(ds.y_test)} test" if run.X_test is not None else ", no test split"
+    if counts is not None:
+        data_line += ", test split in the shards" if counts["test"] else ", no test split"
+    else:
+        data_line += f", {len(ds.y_test)} test" if run.X_test is not None else ", no test split"
     data_line += f"; {run.n_features} features, {run.n_classes} classes"
     data_line += f"; {run.method} standardisation (train statistics)" if run.method else "; not standardised"
     return data_line
@@ -256,7 +272,8 @@ def _summary(run, history, seconds, wrote) -> None:
     args, net, job = run.args, run.net, run.job
     lines = [
         ("backend", f"{net.backend} ({net.dtype_name})"
-                    + (f", data-parallel over {job.size} MPI ranks" if job.ctx is not None else "")),
+                    + (f", data-parallel over {job.size} MPI ranks" if job.ctx is not None else "")
+                    + (" (each holding its shard)" if run.sharded else "")),
         ("architecture", (f"{'-'.join(map(str, net.sizes))}, {net.activation} → {net.output}, "
                           f"loss {net.loss}, {net.n_params} parameters")),
         ("data", _data_line(run)),
@@ -274,7 +291,9 @@ def _summary(run, history, seconds, wrote) -> None:
             if last["val_accuracy"] is not None:
                 val += f", accuracy {last['val_accuracy']:.4f}"
             lines.append(("final val", val))
-    if run.X_test is not None:
+    if run.sharded:
+        lines.append(("test accuracy", run.counts["test"] or "n/a (the shards hold no X_test, y_test)"))
+    elif run.X_test is not None:
         y_test = label_targets(args.output, run.n_out, run.ds.y_test)
         test = evaluate(net, run.X_test, y_test)
         acc = float(numpy.mean(predicted_classes(net, run.X_test) == run.ds.y_test))
@@ -330,9 +349,9 @@ def add_parsers(add) -> None:
     g.add_argument("--backend", choices=("auto", "numpy", "cupy"), default="auto",
                    help="auto: CuPy when a GPU is usable (or $XPROP_BACKEND), else NumPy "
                         "(default: auto)")
-    g.add_argument("--distributed", action="store_true",
-                   help="data-parallel over MPI: mpiexec -n N xprop train --distributed ... "
-                        "(needs xprop[dist]; see docs/distributed.md)")
+    g.add_argument("--distributed", nargs="?", const="full", choices=("full", "sharded"), help=_DIST_HELP)
+    g.add_argument("--rank-timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="--distributed: end the job when a rank waited this long for another (default: 600)")
     g.add_argument("--strict-device", action="store_true",
                    help="make any host/device copy or sync inside a training step an error (CuPy)")
     g.add_argument("--gpu-mem-limit", type=byte_size, metavar="BYTES",

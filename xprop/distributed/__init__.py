@@ -39,7 +39,11 @@ CuPy without NCCL
 The package: ``errors`` (what is raised alike on every rank), ``shard`` (the
 split and the flat gradient buffer, pure), ``reducers`` (the three paths),
 ``context`` (MPI, ranks, GPUs: :func:`init`), ``strategy`` (the data-parallel
-training strategy and its per-run checks), ``launch`` (finding ``mpiexec``).
+training strategy and its per-run checks), ``sharded`` (each rank holds only
+its rows: the rules and :class:`ShardedStrategy`), ``reference`` (a sharded
+run replayed on one process: :func:`sharded_reference`), ``shardfiles``
+(:func:`open_shard`: one file per rank, or rows of one big file memory-mapped),
+``watchdog`` (the rank timeout), ``launch`` (finding ``mpiexec``).
 Nothing here imports mpi4py at import time; :func:`init` does, the first
 time distributed training is asked for, and ``import xprop`` does not import
 this package at all. Every CuPy access goes through :mod:`xprop.backend`.
@@ -52,6 +56,10 @@ from .launch import find_mpiexec
 from .reducers import HostReducer, NcclReducer, StagedReducer, choose_path, make_reducer
 from .shard import GradBuffer, ShardPlan, shard_bounds, shard_sizes
 from .strategy import DataParallel, DataParallelStrategy, sample_digest, state_digest
+from .sharded import RankPlan, ShardedStrategy, epoch_key, epoch_plan, rank_order
+from .reference import sharded_reference
+from .shardfiles import global_scaler, open_shard
+from .watchdog import Watchdog
 
 __all__ = [
     "Context",
@@ -63,7 +71,10 @@ __all__ = [
     "choose_path",
     "find_mpiexec",
     "init",
+    "epoch_plan",
     "make_reducer",
+    "open_shard",
     "shard_bounds",
     "shard_sizes",
+    "sharded_reference",
 ]

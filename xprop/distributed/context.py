@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import traceback
+import warnings
 
 import numpy
 
 from .. import backend as _backend
-from .errors import INSTALL_HINT, DistributedError
+from .errors import INSTALL_HINT, DistributedError, DistributedWarning
 
 __all__ = ["assign_gpus", "import_mpi", "Context", "init"]
 
@@ -84,6 +85,8 @@ class Context:
         self.gpu_error: str | None = None    # why no GPU could be given (same on every rank)
         self.timing = False
         self.stats = {"allreduce_calls": 0, "allreduce_seconds": 0.0}
+        self.watchdog = None                 # the rank timeout's thread while a fit runs
+        self._watch_comm = None
 
     @property
     def is_root(self) -> bool:
@@ -94,22 +97,68 @@ class Context:
         return (f"Context(rank={self.rank}, size={self.size}, local_rank={self.local_rank}, "
                 f"gpu={self.gpu})")
 
+    # ---- the rank timeout (xprop.distributed.watchdog)
+    @contextlib.contextmanager
+    def watched(self, timeout):
+        """This rank's rank-timeout thread around the block (``timeout`` None: none).
+
+        Collective the first time (a ``Dup`` of the communicator). Needs
+        ``MPI_THREAD_MULTIPLE``; without it rank 0 warns
+        (:class:`DistributedWarning`) and the block runs without a timeout.
+        """
+        if timeout is not None and self.size > 1:
+            self.watchdog = self._start_watchdog(timeout)
+        try:
+            yield
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+                self.watchdog = None
+
+    def _start_watchdog(self, timeout):
+        from .watchdog import Watchdog  # noqa: PLC0415
+
+        if self.MPI.Query_thread() < self.MPI.THREAD_MULTIPLE:
+            if self.is_root:
+                warnings.warn("xprop.distributed: the MPI library was not started with "
+                              "MPI_THREAD_MULTIPLE, so the rank timeout cannot run; a stopped rank "
+                              "would leave the others waiting", DistributedWarning, stacklevel=4)
+            return None
+        if self._watch_comm is None:
+            self._watch_comm = self.comm.Dup()
+        return Watchdog(self._watch_comm, timeout, self.comm.Abort, self.MPI).start()
+
+    def waiting(self, what: str):
+        """A block where this rank waits for the others (watched by the rank timeout)."""
+        w = self.watchdog
+        return contextlib.nullcontext() if w is None else w.waiting(what)
+
     # ---- small collectives (host, once per epoch or once per run)
-    def allgather(self, obj) -> list:
-        return list(self.comm.allgather(obj))
+    def allgather(self, obj, what: str = "allgather") -> list:
+        with self.waiting(what):
+            return list(self.comm.allgather(obj))
 
-    def bcast(self, obj, root: int = 0):
-        return self.comm.bcast(obj, root=root)
+    def bcast(self, obj, root: int = 0, what: str = "broadcast"):
+        with self.waiting(what):
+            return self.comm.bcast(obj, root=root)
 
-    def allreduce_sum(self, values) -> numpy.ndarray:
+    def allreduce_sum(self, values, what: str = "small allreduce") -> numpy.ndarray:
         """Element-wise sum over ranks of a small float64 host vector."""
         buf = numpy.array(values, dtype=numpy.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        with self.waiting(what):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
-    def any(self, flag: bool) -> bool:
+    def allreduce_max(self, values, what: str = "small allreduce") -> numpy.ndarray:
+        """Element-wise maximum over ranks of a small float64 host vector."""
+        buf = numpy.array(values, dtype=numpy.float64)
+        with self.waiting(what):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.MAX)
+        return buf
+
+    def any(self, flag: bool, what: str = "stop vote") -> bool:
         """True on every rank when ``flag`` is true on any."""
-        return bool(self.allreduce_sum([1.0 if flag else 0.0])[0] > 0)
+        return bool(self.allreduce_sum([1.0 if flag else 0.0], what=what)[0] > 0)
 
     # ---- failure: never leave a rank waiting
     @contextlib.contextmanager

@@ -31,6 +31,7 @@ correct count, one of the validation sums, one of the stop flag.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -147,7 +148,8 @@ class DataParallel:
     def broadcast_params(self, net) -> None:
         """Give every rank rank 0's weights (one broadcast of a host buffer)."""
         host = numpy.concatenate([to_numpy(p).ravel() for p in net.params.values()])
-        self.ctx.comm.Bcast(host, root=0)
+        with self.ctx.waiting("broadcast of rank 0's weights"):
+            self.ctx.comm.Bcast(host, root=0)
         params, offset = {}, 0
         for name, p in net.params.items():
             n = int(p.size)
@@ -184,15 +186,18 @@ class DataParallel:
     # ---- every step
     def allreduce(self) -> None:
         """Sum the flat gradient buffer over all ranks, in place."""
-        flat = self.grads.flat
-        if not self.ctx.timing:
-            t0 = time.perf_counter()
-            self.reducer.allreduce(flat)
-        else:
-            _backend.synchronize(self.xp)
-            t0 = time.perf_counter()
-            self.reducer.allreduce(flat)
-            _backend.synchronize(self.xp)
+        flat, watchdog = self.grads.flat, self.ctx.watchdog
+        with self.ctx.waiting("gradient allreduce"):
+            if not self.ctx.timing:
+                t0 = time.perf_counter()
+                self.reducer.allreduce(flat)
+            else:
+                _backend.synchronize(self.xp)
+                t0 = time.perf_counter()
+                self.reducer.allreduce(flat)
+                _backend.synchronize(self.xp)
+        if watchdog is not None:
+            watchdog.step_done()
         stats = self.ctx.stats
         stats["allreduce_seconds"] += time.perf_counter() - t0
         stats["allreduce_calls"] += 1
@@ -228,14 +233,17 @@ class DataParallelStrategy(Strategy):
         From :func:`xprop.distributed.init`.
     """
 
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, ctx: Context, rank_timeout=None):
+        self.ctx, self.rank_timeout = ctx, rank_timeout
         self.is_root = ctx.is_root
         self._local = {}
 
+    @contextlib.contextmanager
     def running(self):
-        """Abort every rank when one fails on its own (:meth:`Context.fail_fast`)."""
-        return self.ctx.fail_fast(passthrough=(TrainingDiverged,))
+        """Abort every rank when one fails on its own (:meth:`Context.fail_fast`), or stops making
+        progress for ``rank_timeout`` seconds (:meth:`Context.watched`)."""
+        with self.ctx.fail_fast(passthrough=(TrainingDiverged,)), self.ctx.watched(self.rank_timeout):
+            yield
 
     def begin(self, net, data, settings):
         # the same call on every rank, the same seed, one gradient buffer
@@ -259,6 +267,8 @@ class DataParallelStrategy(Strategy):
         if not resumed:
             self.dp.broadcast_params(net)     # every rank starts from rank 0's weights
         self.dp.check_same_state(net, optimizer, rng, resumed)
+        if self.ctx.watchdog is not None:     # the rank timeout names steps as epoch and step
+            self.ctx.watchdog.count_from(self.steps, optimizer.state_dict()["t"])
 
     def config(self):
         return {"ranks": self.ctx.size}
@@ -304,10 +314,11 @@ class DataParallelStrategy(Strategy):
         # One read-back and one small allreduce per epoch: weighted batch losses and the correct count.
         local = numpy.zeros(plan.steps + 1)
         if losses:
-            local[plan.nonempty] = (to_numpy(xp.stack(losses)).astype(numpy.float64)
-                                    * numpy.asarray(weights)[plan.nonempty])
+            with self.ctx.waiting("device sync"):    # NCCL: a stuck allreduce shows here, on the host
+                values = to_numpy(xp.stack(losses)).astype(numpy.float64)
+            local[plan.nonempty] = values * numpy.asarray(weights)[plan.nonempty]
         local[-1] = 0 if correct is None else int(correct)
-        total = self.ctx.allreduce_sum(local)
+        total = self.ctx.allreduce_sum(local, what="epoch sums")
         batch_losses = total[:-1]
         return EpochResult(batch_losses @ plan.batch_sizes, int(total[-1]) if head.counts else None,
                            self.m, batch_losses)
@@ -324,5 +335,5 @@ class DataParallelStrategy(Strategy):
                 total, correct = sums.loss_sum, sums.correct
             else:
                 total, correct = 0.0, 0
-        total, correct_sum = self.ctx.allreduce_sum([total, correct or 0])
+        total, correct_sum = self.ctx.allreduce_sum([total, correct or 0], what="validation sums")
         return Sums(float(total), int(correct_sum) if self.net.head.counts else None, m)

@@ -86,7 +86,7 @@ def evaluate(net, X, Y) -> dict:
 
 def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
         seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None,
-        distributed=False, strict_device=False, gpu_mem_limit=None):
+        distributed=False, strict_device=False, gpu_mem_limit=None, rank_timeout=600.0):
     """Train ``net`` in place with mini-batch gradient descent.
 
     Parameters
@@ -124,7 +124,7 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     callbacks : list of callable, optional
         Called as ``cb(record, net)`` after each epoch with the epoch's record
         (a dict); a callback returning True stops training.
-    distributed : bool
+    distributed : bool or "sharded"
         Data-parallel training over MPI (see :mod:`xprop.distributed` and
         docs/distributed.md): run the same script under ``mpiexec -n N``, with
         the full ``X, Y`` and the same arguments on every rank. Every rank
@@ -136,6 +136,11 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         reported training loss are global (summed over ranks); the History
         is the same on every rank except the timings. ``seed=None`` is drawn
         on rank 0. A failure on one rank aborts all of them.
+        ``"sharded"``: each rank passes only its own rows ``X, Y`` (its
+        shard; shards may differ in size); local batches, shuffles,
+        validation and checkpoints follow :mod:`xprop.distributed.sharded`,
+        and :func:`xprop.distributed.sharded_reference` replays such a run
+        on one process.
     strict_device : bool
         Make any host↔device copy or device synchronisation inside a training
         step an error (CuPy: ``cupyx.allow_synchronize(False)`` and the
@@ -145,6 +150,12 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     gpu_mem_limit : int, optional
         Bytes the CuPy memory pool may hold (``history.memory_total_bytes``
         shows what it holds per epoch). CuPy backend only.
+    rank_timeout : float or None
+        Distributed training: seconds a rank may wait for the others in one
+        collective (default 600). When a rank stops making progress (stopped,
+        stuck on I/O, deadlocked) a surviving rank prints one line naming it
+        and the last completed step, and the whole job is aborted
+        (:mod:`xprop.distributed.watchdog`). None: wait forever.
 
     Returns
     -------
@@ -176,8 +187,11 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
             raise FileNotFoundError(
                 f"checkpoint {str(checkpoint)!r}: its directory {str(folder)!r} does not exist; "
                 "create it first")
-    if not isinstance(distributed, bool):
-        raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    if not isinstance(distributed, bool) and distributed != "sharded":
+        raise TypeError(f"distributed must be True, False or 'sharded'; got {distributed!r}")
+    if rank_timeout is not None and (isinstance(rank_timeout, bool) or not isinstance(rank_timeout, (int, float))
+                                     or not 0 < rank_timeout < float("inf")):
+        raise ValueError(f"rank_timeout must be a number of seconds > 0 or None; got {rank_timeout!r}")
     if not isinstance(strict_device, bool):
         raise TypeError(f"strict_device must be True or False; got {strict_device!r}")
     if gpu_mem_limit is not None and (isinstance(gpu_mem_limit, bool)
@@ -186,9 +200,10 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
     settings = Settings(epochs, batch_size, optimizer, validation, shuffle, seed, checkpoint, resume,
                         patience, gpu_mem_limit)
     if distributed:
-        from ..distributed import DataParallelStrategy, init  # noqa: PLC0415  (MPI only when asked for)
+        from ..distributed import DataParallelStrategy, ShardedStrategy, init  # noqa: PLC0415  (MPI only when asked for)
 
-        strategy = DataParallelStrategy(init())
+        kind = ShardedStrategy if distributed == "sharded" else DataParallelStrategy
+        strategy = kind(init(), rank_timeout=None if rank_timeout is None else float(rank_timeout))
     else:
         strategy = LocalStrategy(strict=strict_device)
     with strategy.running():
