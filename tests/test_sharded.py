@@ -1,7 +1,7 @@
 """Sharded data-parallel training (fit(distributed="sharded")) and the rank timeout.
 
 - the rules, pure: the local batch sizes of every step (against a brute-force
-  sort of every row's time), the per-rank RNG streams, the single-process
+  sort of every row's time), each rank's order from the one shared RNG, the single-process
   reference against plain fit where they must coincide;
 - data never whole: one file per rank, one big file memory-mapped, and a
   rank's peak memory (measured in a subprocess) is its shard plus one batch;
