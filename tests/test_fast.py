@@ -11,7 +11,6 @@ its outputs are compared against the magnitude of the terms they sum
 which sum nothing, by their plain relative error.
 """
 
-import math
 
 import numpy as np
 import pytest
@@ -88,7 +87,8 @@ def test_fused_backward_kernel_equals_registry(name, dtype):
     act = ACTIVATIONS[name]
     A = act.forward(np, Z)
     dA = rng.standard_normal((6, 5)).astype(dtype)
-    out = kernels.BACKWARD[name](dA, A)      # g' from A alone
+    out = dA.copy()
+    assert kernels.BACKWARD[name](np, out, A) is None   # in place: dA becomes dZ, g' from A alone
     assert out.dtype == np.dtype(dtype)
     assert rel(out, act.backward(np, dA, Z, A)) <= tolerance("fast", dtype)
 
@@ -122,10 +122,15 @@ def test_forward_into_equals_forward(name, dtype):
     np.testing.assert_array_equal(out, act.forward(np, Z))   # NaN where NaN, bit for bit
 
 
-def test_output_delta_kernel():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_output_delta_kernel_writes_into_the_buffer(dtype):
     rng = np.random.default_rng(4)
-    A, Y = rng.random((5, 3)), rng.random((5, 3))
-    assert np.array_equal(kernels.output_delta(A, Y, 0.2), (A - Y) * 0.2)
+    A, Y = rng.random((5, 3)).astype(dtype), rng.random((5, 3)).astype(dtype)
+    out = np.empty_like(A)
+    assert kernels.output_delta(np, A, Y, 0.2, out) is out
+    expected = A - Y
+    expected *= 0.2                      # the non-kernel step: subtract into dZ, then dZ *= s
+    assert np.array_equal(out, expected)
 
 
 OPTIMIZERS = {
@@ -270,7 +275,8 @@ def test_fused_backward_kernels_on_the_gpu_equal_the_registry(name, dtype):
     Z[np.abs(Z) < 1e-3] = 0.5
     act = ACTIVATIONS[name]
     A, dA = act.forward(np, Z), rng.standard_normal(Z.shape).astype(dtype)
-    out = kernels.BACKWARD[name](cp.asarray(dA), cp.asarray(A))
+    out = cp.asarray(dA)
+    kernels.BACKWARD[name](cp, out, cp.asarray(A))          # in place
     assert isinstance(out, cp.ndarray) and out.dtype == np.dtype(dtype)
     assert rel(xprop.to_numpy(out), act.backward(np, dA, Z, A)) <= tolerance("fast", dtype)
 
@@ -281,7 +287,8 @@ def test_output_delta_and_adam_kernels_on_the_gpu_equal_the_plain_code(dtype):
     cp = xprop.get_xp("cupy")
     rng = np.random.default_rng(4)
     A, Y = rng.random((40, 10)).astype(dtype), rng.random((40, 10)).astype(dtype)
-    delta = kernels.output_delta(cp.asarray(A), cp.asarray(Y), 0.25)
+    delta = cp.empty(A.shape, dtype=dtype)
+    assert kernels.output_delta(cp, cp.asarray(A), cp.asarray(Y), 0.25, delta) is delta
     assert rel(xprop.to_numpy(delta), (A - Y) * 0.25) <= tolerance("fast", dtype)
     p, g = rng.standard_normal(500).astype(dtype), rng.standard_normal(500).astype(dtype)
     m, v = rng.standard_normal(500).astype(dtype), rng.random(500).astype(dtype)
@@ -290,10 +297,9 @@ def test_output_delta_and_adam_kernels_on_the_gpu_equal_the_plain_code(dtype):
     state = {"m": m.copy(), "v": v.copy()}
     expected = p.copy()
     plain._update(np, expected, g, state)
-    b1, b2 = plain.betas
-    new_p, new_m, new_v = kernels.adam_update(cp.asarray(p), cp.asarray(g), cp.asarray(m), cp.asarray(v),
-                                              b1, b2, math.sqrt(1 - b2 ** 3), plain.eps,
-                                              plain.lr / (1 - b1 ** 3))
+    new_p, new_m, new_v = cp.asarray(p), cp.asarray(m), cp.asarray(v)
+    kernels.adam_update(cp, new_p, cp.asarray(g), new_m, new_v, lr=plain.lr, betas=plain.betas,
+                        eps=plain.eps, weight_decay=0.0, t=3)     # in place
     for got, want in ((new_p, expected), (new_m, state["m"]), (new_v, state["v"])):
         assert got.dtype == np.dtype(dtype)
         assert rel(xprop.to_numpy(got), want) <= tolerance("fast", dtype)

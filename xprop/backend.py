@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
+import threading
 import types
 import warnings
 
@@ -39,6 +41,7 @@ __all__ = [
     "to_numpy",
     "device_of",
     "as_backend_array",
+    "is_cupy_array",
 ]
 
 
@@ -54,6 +57,10 @@ _FIX_INSTALL = (
     "install the wheel that matches your driver: pip install 'xprop[gpu]' "
     "(CUDA 12, cupy-cuda12x) or 'xprop[cuda13]' (CUDA 13, cupy-cuda13x)"
 )
+
+# CuPy 14 is the first release with what xprop calls: the top-level
+# ``cupy.astype`` (every input check) and ``cupy.asarray(..., copy=)``.
+CUPY_MIN_VERSION = (14, 0)
 
 
 def _import_cupy():
@@ -150,7 +157,7 @@ def _cupy_module():
 def _namespace_of_array(a):
     if isinstance(a, numpy.ndarray):
         return numpy
-    if _is_cupy_array(a):  # cupy.ndarray (CuPy 14) has no __array_namespace__
+    if is_cupy_array(a):  # cupy.ndarray (CuPy 14) has no __array_namespace__
         return _import_cupy()
     get_ns = getattr(a, "__array_namespace__", None)
     if get_ns is not None:
@@ -166,8 +173,8 @@ def get_xp(backend="auto"):
     Parameters
     ----------
     backend : {"auto", "numpy", "cupy"} or module or array
-        A name, an array-API namespace (returned as is), or an array (its
-        namespace is returned).
+        A name, an array-API namespace (returned as is; the ``cupy`` module
+        itself counts as ``"cupy"``), or an array (its namespace is returned).
 
     Returns
     -------
@@ -198,6 +205,8 @@ def get_xp(backend="auto"):
     if isinstance(backend, types.ModuleType):
         if backend is numpy or hasattr(backend, "__array_api_version__"):
             return backend
+        if backend is sys.modules.get("cupy"):  # CuPy 14 has no __array_api_version__
+            return _cupy_module()
         raise ValueError(
             f"backend module {backend.__name__!r} is not an array-API namespace"
         )
@@ -218,8 +227,16 @@ def backend_name(xp) -> str:
     return name
 
 
-def _is_cupy_array(a) -> bool:
-    return type(a).__module__.startswith("cupy")
+def is_cupy_array(a) -> bool:
+    """Whether ``a`` is a dense CuPy array (``cupy.ndarray``).
+
+    The one test for a CuPy array in xprop. It never imports CuPy: where
+    CuPy has not been imported nothing can be a CuPy array. ``cupyx``
+    sparse matrices are not ``cupy.ndarray`` and are not matched (xprop
+    takes dense arrays only; they are refused as inputs with their type).
+    """
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(a, cupy.ndarray)
 
 
 def to_numpy(a) -> numpy.ndarray:
@@ -230,7 +247,7 @@ def to_numpy(a) -> numpy.ndarray:
     """
     if isinstance(a, numpy.ndarray):
         return a
-    if _is_cupy_array(a):
+    if is_cupy_array(a):
         return a.get()
     if numpy.isscalar(a):
         return numpy.asarray(a)
@@ -288,7 +305,7 @@ def as_backend_array(a, xp, *, name: str, dtype=None, device=None):
                 f"got {type(a).__name__}"
             )
     if ns is not xp:
-        if ns is numpy or _is_cupy_array(a):
+        if ns is numpy or is_cupy_array(a):
             TRANSFERS += 1
             host = to_numpy(a)
             if xp is numpy:
@@ -395,18 +412,49 @@ def take_rows(xp, a, idx, out):
     return a.take(idx, axis=0, out=out)
 
 
-def fuse(fn):
-    """``cupy.fuse(fn)`` where CuPy imports, else ``fn`` itself.
+class FusedKernel:
+    """An elementwise kernel written once against ``xp``, fused into one launch on CuPy.
 
-    A fused function called with NumPy arrays runs ``fn``'s Python body on
-    NumPy, so a kernel's body is tested against its reference on any machine;
-    called with CuPy arrays it runs as one compiled elementwise kernel.
+    ``fn(xp, *arrays_and_scalars)`` is plain array code. Called as
+    ``kernel(xp, *args)``: with NumPy (or any namespace but CuPy) it runs
+    ``fn`` itself, operation by operation; with CuPy it runs ``cupy.fuse`` of
+    ``fn`` with ``xp = cupy``, which CuPy traces once per argument-type key
+    into one compiled elementwise kernel. So the body that the tests check
+    against its reference on the CPU is the body the GPU compiles.
+
+    Attributes
+    ----------
+    fn : callable
+        The plain body.
+    fusion : cupy fused function or None
+        ``cupy.fuse`` of the body (None where CuPy does not import); the
+        kernel-trace test hands it to CuPy's tracer.
     """
-    try:
-        cupy = _import_cupy()
-    except Exception:  # CuPy absent or broken: the plain function serves
-        return fn
-    return functools.update_wrapper(cupy.fuse()(fn), fn)
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+        self.fusion = None
+        try:
+            cupy = _import_cupy()
+        except Exception:  # CuPy absent or broken: the plain body serves
+            return
+        self.fusion = cupy.fuse(kernel_name=fn.__name__)(functools.partial(fn, cupy))
+
+    def __call__(self, xp, *args):
+        if self.fusion is not None and backend_name(xp) == "cupy":
+            return self.fusion(*args)
+        return self.fn(xp, *args)
+
+    def __repr__(self) -> str:
+        return f"<fused kernel {self.__name__}>"
+
+
+def fuse(fn) -> FusedKernel:
+    """Decorator: :class:`FusedKernel` of ``fn(xp, ...)``."""
+    return FusedKernel(fn)
 
 
 # --------------------------------------------------------------------------
@@ -445,7 +493,7 @@ def device_index(device):
 def nccl_module():
     """``cupy.cuda.nccl`` where CuPy is usable and the NCCL runtime loads, else None.
 
-    CuPy warns at import when libnccl is missing (install ``nvidia-nccl-cu12``);
+    CuPy warns at import when libnccl is missing (install :func:`nccl_wheel`);
     that warning is swallowed here and the caller says what the absence means.
     """
     if not cupy_status()[0]:
@@ -471,7 +519,7 @@ def current_stream_pointer() -> int:
 
 def copy_to_host(a, out: numpy.ndarray) -> numpy.ndarray:
     """Copy array ``a`` (NumPy or CuPy) into the host buffer ``out``; waits for the copy."""
-    if _is_cupy_array(a):
+    if is_cupy_array(a):
         a.get(out=out)
     else:
         numpy.copyto(out, a)
@@ -480,31 +528,88 @@ def copy_to_host(a, out: numpy.ndarray) -> numpy.ndarray:
 
 def copy_from_host(host: numpy.ndarray, a) -> None:
     """Copy the host buffer ``host`` into array ``a`` (NumPy or CuPy), in place."""
-    if _is_cupy_array(a):
+    if is_cupy_array(a):
         a.set(host)
     else:
         numpy.copyto(a, host)
+
+
+class StrictDeviceError(RuntimeError):
+    """A host↔device copy or a device synchronisation inside :func:`strict_device`."""
+
+
+def _refusing_synchronize(stream, owner: int):
+    """``stream.synchronize`` that refuses in thread ``owner`` and works in every other."""
+    plain = type(stream).synchronize.__get__(stream)
+
+    def synchronize():
+        if threading.get_ident() == owner:
+            raise StrictDeviceError(
+                f"strict_device: {stream!r}.synchronize() was called inside a training step "
+                "(it waits for the device); read results after the step")
+        return plain()
+
+    return synchronize
 
 
 @contextlib.contextmanager
 def strict_device(xp, enabled: bool = True):
     """A region where host↔device copies and device synchronisation are errors.
 
-    On CuPy, ``cupyx.allow_synchronize(False)`` turns any synchronising call
-    (``.get()``, ``float()``, ``.item()``, implicit conversions) into an
-    error, and a move through :func:`as_backend_array` inside the region is
-    refused when it ends. On NumPy there is no device: nothing to check.
+    What is caught, in the thread that entered the region (CuPy 14):
+
+    - every read-back through ``ndarray.get()``: ``cupy.asnumpy``,
+      ``float()``/``int()``/``bool()`` of a device array, ``.item()``,
+      ``.tolist()``, and ``Device.synchronize()``. These call CuPy's
+      synchronisation check (``cupy._core.syncdetect``), whose flag is set
+      here directly: its public switch ``cupyx.allow_synchronize`` is
+      deprecated and warns on every entry;
+    - ``Stream.synchronize()`` of the null stream, the per-thread default
+      stream and the stream current at entry (CuPy itself never checks
+      these; the region replaces their ``synchronize`` for this thread), so
+      also :func:`synchronize`;
+    - a host↔device move through :func:`as_backend_array`, refused when the
+      region ends.
+
+    Each raises :class:`StrictDeviceError`. Not caught: CUDA runtime calls
+    made directly (``cupy.cuda.runtime.deviceSynchronize``,
+    ``streamSynchronize``), ``Event.synchronize()``, other streams, other
+    libraries, and the implicit synchronisation of a ``cudaMalloc`` when
+    CuPy's memory pool has to grow. On NumPy there is no device: nothing to
+    check.
     """
     if not enabled or backend_name(xp) != "cupy":
         yield
         return
-    import cupyx  # noqa: PLC0415  (part of the CuPy package this module owns)
+    cupy = _import_cupy()
+    from cupy._core import syncdetect  # noqa: PLC0415  (CuPy's own check, see above)
 
+    owner = threading.get_ident()
+    streams = [cupy.cuda.Stream.null, cupy.cuda.Stream.ptds]
+    try:
+        streams.append(cupy.cuda.get_current_stream())
+    except Exception:  # no usable device: nothing can be synchronised
+        pass
+    patched = []
+    for stream in streams:
+        if "synchronize" not in vars(stream) and all(stream is not p for p in patched):
+            stream.synchronize = _refusing_synchronize(stream, owner)
+            patched.append(stream)
     before = TRANSFERS
-    with cupyx.allow_synchronize(False):
+    allowed = syncdetect._is_allowed()
+    syncdetect._thread_local.allowed = False
+    try:
         yield
+    except syncdetect.DeviceSynchronized as exc:
+        raise StrictDeviceError(
+            "strict_device: a device array was read back to the host (or the device "
+            "synchronised) inside a training step; read results after the step") from exc
+    finally:
+        syncdetect._thread_local.allowed = allowed
+        for stream in patched:
+            vars(stream).pop("synchronize", None)
     if TRANSFERS != before:
-        raise RuntimeError(
+        raise StrictDeviceError(
             f"strict_device: {TRANSFERS - before} host/device transfer(s) happened inside a "
             "training step; move the data to the device before the call"
         )
@@ -518,11 +623,31 @@ def memory_pool_bytes(xp):
     return int(pool.used_bytes()), int(pool.total_bytes())
 
 
-def set_memory_limit(xp, nbytes: int) -> None:
-    """Cap CuPy's default memory pool at ``nbytes`` (CuPy backend only)."""
+def set_memory_limit(xp, nbytes: int) -> int:
+    """Cap CuPy's default memory pool at ``nbytes`` (CuPy backend only).
+
+    Returns the limit it replaces, in bytes (0: none), so that the caller
+    can put it back (``fit`` does when it returns).
+    """
     if backend_name(xp) != "cupy":
         raise ValueError(f"gpu_mem_limit applies to the cupy backend; this net runs on {backend_name(xp)}")
-    _import_cupy().get_default_memory_pool().set_limit(size=int(nbytes))
+    pool = _import_cupy().get_default_memory_pool()
+    previous = int(pool.get_limit())
+    pool.set_limit(size=int(nbytes))
+    return previous
+
+
+def nccl_wheel() -> str:
+    """The NCCL wheel for the installed CuPy: ``nvidia-nccl-cu12`` or ``nvidia-nccl-cu13``.
+
+    Taken from the CUDA version of CuPy's runtime (which needs no device);
+    ``nvidia-nccl-cu12`` when CuPy does not import.
+    """
+    try:
+        major = int(_import_cupy().cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:  # no CuPy, or a broken one: the common case
+        major = 12
+    return f"nvidia-nccl-cu{major}"
 
 
 def supports_out(xp) -> bool:

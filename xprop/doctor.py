@@ -361,11 +361,13 @@ def check_mpi(has_mpi4py, mpiexec, dists) -> Finding:
 def check_nccl(dists) -> Finding:
     versions = dict(dists)
     nccl = {major: versions[f"nvidia-nccl-cu{major}"] for major in (12, 13) if f"nvidia-nccl-cu{major}" in versions}
-    if not nccl:
-        return Finding("nccl", "info", "no NCCL wheel (nvidia-nccl-cu12/-cu13) installed",
-                       "only for multi-GPU communication: pip install nvidia-nccl-cu12 (or -cu13, as your CuPy)")
-    found = ", ".join(f"nvidia-nccl-cu{m} {v}" for m, v in nccl.items())
     cupy_majors = {cupy_cuda_major(n) for n, _ in _cupy_wheels(dists)} - {None}
+    if not nccl:
+        wheel = (f"nvidia-nccl-cu{max(cupy_majors)}" if cupy_majors
+                 else "nvidia-nccl-cu12 (or -cu13, as your CuPy)")
+        return Finding("nccl", "info", "no NCCL wheel (nvidia-nccl-cu12/-cu13) installed",
+                       f"only for multi-GPU communication: pip install {wheel}")
+    found = ", ".join(f"nvidia-nccl-cu{m} {v}" for m, v in nccl.items())
     if cupy_majors and not cupy_majors & set(nccl):
         want = max(cupy_majors)
         return Finding("nccl", "warn", f"{found} installed, but CuPy is built for CUDA {want}",

@@ -236,8 +236,8 @@ class TrainStep:
         # ---- output delta, divided by m: dZ_L / m
         dZ = buf.dZ_L
         if self._softmax_ce:
-            if self.use_kernels:
-                dZ = kernels.output_delta(AL, Y, s)         # dZ_L / m = (A_L − Y) / m
+            if self.use_kernels:                             # one launch, into the buffer
+                kernels.output_delta(xp, AL, Y, s, dZ)       # dZ_L / m = (A_L − Y) / m
             else:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
                 dZ *= s                                      # the 1/m of dW and db, once
@@ -260,7 +260,8 @@ class TrainStep:
             if l > 1:
                 dA = xp.matmul(dZ, W.T, out=buf.dA[l - 1])   # dA_{l-1} = dZ_l W_lᵀ
                 if fused is not None:                        # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
-                    dZ = fused(dA, A_prev)
+                    fused(xp, dA, A_prev)                    # in place: one launch
+                    dZ = dA
                 elif g.backward_inplace:
                     dZ = g.backward_inplace(xp, dA, A_prev, buf.tmp[l - 1])
                 else:

@@ -49,7 +49,8 @@ class Optimizer:
 
     # Whether _update_fast may use the gradient itself as its scratch buffer.
     grads_as_scratch = False
-    # Whether _update_fast runs one fused kernel on CuPy (and then needs no scratch).
+    # Whether _update_fast runs one fused in-place kernel on CuPy (xprop.kernels), which
+    # needs no scratch: on CuPy the update is then one launch over the whole buffer.
     fused_kernel = False
 
     def grad_scale(self):
@@ -90,11 +91,11 @@ class Optimizer:
                 params.flat -= grads.flat              # P = P − (lr · g)
                 return
             P, G = params.flat, grads.flat
+            if self.use_kernels and self.fused_kernel:   # CuPy: one in-place kernel, no scratch
+                self._update_fast(xp, P, G, flat_state, None)
+                return
             if overwrite_grads and self.grads_as_scratch:
                 self._update_fast(xp, P, G, flat_state, G)
-                return
-            if self.use_kernels and self.fused_kernel:   # the fused kernel needs no scratch
-                self._update_fast(xp, P, G, flat_state, None)
                 return
             if tmp is None:            # bounded: the update runs chunk by chunk
                 tmp = self._flat[3] = xp.empty((min(int(P.shape[0]), SCRATCH_CHUNK),), dtype=P.dtype)
@@ -127,9 +128,11 @@ class Optimizer:
                 self._xp[name] = xp
             xp = self._xp[name]
             if supports_out(xp):
-                tmp = self._scratch.get(name)
-                if tmp is None:
-                    tmp = self._scratch[name] = xp.empty_like(p)
+                tmp = None
+                if not (self.use_kernels and self.fused_kernel):   # the kernel needs no scratch
+                    tmp = self._scratch.get(name)
+                    if tmp is None:
+                        tmp = self._scratch[name] = xp.empty_like(p)
                 self._update_fast(xp, p, grads[f"d{name}"], state, tmp)
             else:
                 self._update(xp, p, grads[f"d{name}"], state)
@@ -258,8 +261,13 @@ class SGD(Optimizer):
         p -= self.lr * g
 
     grads_as_scratch = True  # every step below reads g before tmp is written
+    fused_kernel = True
 
     def _update_fast(self, xp, p, g, state, tmp):
+        if self.use_kernels:  # CuPy: the whole update as one in-place fused kernel
+            kernels.sgd_update(xp, p, g, state.get("v"), lr=self.lr, momentum=self.momentum,
+                               nesterov=self.nesterov, weight_decay=self.weight_decay)
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -320,17 +328,13 @@ class Adam(Optimizer):
 
     def _update_fast(self, xp, p, g, state, tmp):
         b1, b2 = self.betas
+        m, v = state["m"], state["v"]
+        if self.use_kernels:  # CuPy: the whole update as one in-place fused kernel
+            kernels.adam_update(xp, p, g, m, v, lr=self.lr, betas=self.betas, eps=self.eps,
+                                weight_decay=self.weight_decay, t=self.t)
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
-        m, v = state["m"], state["v"]
-        if self.use_kernels:  # CuPy: the whole update as one fused kernel
-            new_p, new_m, new_v = kernels.adam_update(
-                p, g, m, v, b1, b2, math.sqrt(1 - b2 ** self.t), self.eps,
-                self.lr / (1 - b1 ** self.t))
-            xp.copyto(p, new_p)
-            xp.copyto(m, new_m)
-            xp.copyto(v, new_v)
-            return
         m *= b1
         xp.multiply(g, 1 - b1, out=tmp)
         m += tmp

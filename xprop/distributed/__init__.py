@@ -30,7 +30,8 @@ NumPy
     MPI ``Allreduce(IN_PLACE)`` on the host buffer.
 CuPy with NCCL
     NCCL's allreduce on the device buffer (``cupy.cuda.nccl``; the NCCL
-    runtime comes from the ``nvidia-nccl-cu12`` wheel). MPI only carries the
+    runtime comes from the ``nvidia-nccl-cu12`` or ``-cu13`` wheel, as CuPy's CUDA;
+    :func:`xprop.backend.nccl_wheel`). MPI only carries the
     NCCL unique id from rank 0 to the others.
 CuPy without NCCL
     The buffer is copied to the host, reduced by MPI and copied back, with a

@@ -4,7 +4,8 @@ NumPy
     MPI ``Allreduce(IN_PLACE)`` on the host buffer.
 CuPy with NCCL
     NCCL's allreduce on the device buffer (``cupy.cuda.nccl``; the NCCL
-    runtime comes from the ``nvidia-nccl-cu12`` wheel). MPI only carries the
+    runtime comes from the ``nvidia-nccl-cu12`` or ``-cu13`` wheel, as CuPy's CUDA;
+    :func:`xprop.backend.nccl_wheel`). MPI only carries the
     NCCL unique id from rank 0 to the others.
 CuPy without NCCL
     The buffer is copied to the host, reduced by MPI and copied back, with a
@@ -53,7 +54,7 @@ def choose_path(backend: str, nccl_ok: list[bool]) -> tuple[str, str | None]:
     where = "any rank" if len(missing) == len(nccl_ok) else f"rank(s) {', '.join(map(str, missing))}"
     return "staged", (
         f"xprop.distributed: NCCL is not available on {where} (cupy.cuda.nccl could not load "
-        "libnccl; pip install nvidia-nccl-cu12); gradients go through host memory with an MPI "
+        f"libnccl; pip install {_backend.nccl_wheel()}); gradients go through host memory with an MPI "
         "allreduce instead, which is slower")
 
 
