@@ -23,8 +23,11 @@ type (float16): ``1 - beta1`` computed inside a kernel from a Python float
 is 0.10009765625. So no kernel does arithmetic on scalars: every scalar is
 computed on the host in double precision by the wrapper below and passed as
 a scalar of the array's dtype (``dtype.type(c)``), and constants in a body
-are made the same way (``t(1)`` with ``t = A.dtype.type``). Comparisons
-yield booleans, which meet the net's dtype only as a factor.
+are made the same way (``t(1)`` with ``t = A.dtype.type``), never on the
+left of an operator (``t(1) - A`` hands CuPy a Python float: NumPy's scalar
+defers to the array's reflected operator; ``xp.subtract(t(1), A)`` does
+not). Comparisons yield booleans, which meet the net's dtype only as a
+factor.
 """
 
 from __future__ import annotations
@@ -59,14 +62,14 @@ def leaky_relu_backward(xp, dA, A):
 def sigmoid_backward(xp, dA, A):
     """``dA ← dA ∘ (1 − A) A`` (= dZ)."""
     t = A.dtype.type
-    xp.multiply(dA, (t(1) - A) * A, out=dA)
+    xp.multiply(dA, xp.subtract(t(1), A) * A, out=dA)
 
 
 @fuse
 def tanh_backward(xp, dA, A):
     """``dA ← dA ∘ (1 − A²)`` (= dZ)."""
     t = A.dtype.type
-    xp.multiply(dA, t(1) - A * A, out=dA)
+    xp.multiply(dA, xp.subtract(t(1), A * A), out=dA)
 
 
 # Hidden activation name -> fused backward ``(xp, dA, A)``: dA becomes dZ in place
