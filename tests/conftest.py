@@ -182,6 +182,23 @@ def pytest_configure(config):
     config.pluginmanager.register(GpuTally(), "xprop-gpu-tally")
 
 
+# ----------------------------------------------------------------------- optional test deps
+# The optional test dependencies (array-api-strict, scikit-learn, pandas) are
+# imported by the tests that need them, never at a module's top: where one is
+# missing those tests skip with the reason and every other test, the GPU tests
+# first, is still collected and run (tests/test_collection.py checks it).
+def array_api_strict_or_skip():
+    """The ``array_api_strict`` module, or a skip saying it is not installed."""
+    return pytest.importorskip("array_api_strict",
+                               reason="array-api-strict (a test extra) is not installed: pip install 'xprop[test]'")
+
+
+@pytest.fixture
+def array_api_strict():
+    """The ``array_api_strict`` namespace (the test skips with the reason where it is absent)."""
+    return array_api_strict_or_skip()
+
+
 # ----------------------------------------------------------------------- data
 def make_data(net, m, seed=0):
     """Inputs and targets for ``net`` in its layout: :func:`xprop.gradcheck.example_data`."""

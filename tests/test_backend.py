@@ -17,9 +17,10 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import types
+import warnings
 
-import array_api_strict
 import numpy as np
 import pytest
 from conftest import kink_free_gradcheck, make_data, tolerance
@@ -41,7 +42,11 @@ def test_backends_start_with_numpy():
 def test_get_xp_of_names_modules_and_arrays():
     assert get_xp("numpy") is np
     assert get_xp(" NumPy ") is np
+    assert get_xp(np) is np
     assert get_xp(np.zeros(3)) is np
+
+
+def test_get_xp_of_an_array_api_namespace_and_its_arrays(array_api_strict):
     assert get_xp(array_api_strict) is array_api_strict
     assert get_xp(array_api_strict.asarray([1.0, 2.0])) is array_api_strict
 
@@ -58,6 +63,10 @@ def test_get_xp_refuses_what_is_not_a_backend():
 def test_to_numpy():
     a = np.arange(6.0).reshape(2, 3)
     assert to_numpy(a) is a  # host arrays pass through, no copy
+
+
+def test_to_numpy_of_an_array_api_array(array_api_strict):
+    a = np.arange(6.0).reshape(2, 3)
     b = to_numpy(array_api_strict.asarray(a))
     assert type(b) is np.ndarray
     np.testing.assert_array_equal(b, a)
@@ -151,12 +160,128 @@ def test_probe_usable_device_makes_cupy_the_auto_backend(fresh_probe):
     assert get_xp("auto") is fake
 
 
-def test_cupy_arrays_are_recognised_without_array_namespace(fresh_probe):
+# ------------------------------------------------------------- the real CuPy wheel, no device
+# These use the installed CuPy (it imports without a GPU) and arrays that point at
+# no device memory: enough for everything that does not launch a kernel or copy.
+@pytest.fixture(scope="module")
+def cupy():
+    return pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'xprop[gpu]'); "
+                                              "these tests need the wheel, not a device")
+
+
+def fake_cupy_array(cupy, shape=(3, 2), dtype="float32"):
+    """A real ``cupy.ndarray`` on no memory (never read: it would need a device)."""
+    memory = cupy.cuda.UnownedMemory(0, 0, None, 0)
+    return cupy.ndarray(shape, dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+
+def test_cupy_arrays_are_recognised_without_array_namespace(cupy):
     """cupy.ndarray (CuPy 14) has no __array_namespace__: it is recognised by its type."""
-    fake = types.ModuleType("cupy")
-    fresh_probe.setattr(xb, "_import_cupy", lambda: fake)
-    FakeCupyArray = type("ndarray", (), {"__module__": "cupy"})
-    assert get_xp(FakeCupyArray()) is fake
+    a = fake_cupy_array(cupy)
+    assert not hasattr(a, "__array_namespace__")
+    assert xb.is_cupy_array(a)
+    assert get_xp(a) is cupy
+    assert not xb.is_cupy_array(np.zeros(3)) and not xb.is_cupy_array([1.0])
+
+
+def test_cupyx_sparse_matrices_are_not_cupy_arrays(cupy):
+    """A cupyx sparse matrix lives in a module named cupy…, but it is not a dense cupy.ndarray."""
+    sparse = pytest.importorskip("cupyx.scipy.sparse")
+    for cls in (sparse.csr_matrix, sparse.csc_matrix, sparse.coo_matrix):
+        m = cls.__new__(cls)           # an instance of the real type (building one needs a device)
+        assert not xb.is_cupy_array(m), cls
+        with pytest.raises(TypeError, match=rf"^X must be an array .*got {cls.__name__}"):
+            xb.as_backend_array(m, np, name="X")
+
+
+def test_is_cupy_array_does_not_import_cupy():
+    code = ("import sys, numpy, xprop.backend as b; "
+            "print(b.is_cupy_array(numpy.zeros(2)), 'cupy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+def test_get_xp_of_the_cupy_module_is_the_cupy_backend(cupy):
+    """CuPy 14 has no __array_api_version__: the module itself still names the cupy backend."""
+    usable, reason = xb.cupy_status()
+    if usable:
+        assert get_xp(cupy) is cupy
+    else:
+        with pytest.raises(BackendError) as info:
+            get_xp(cupy)
+        assert str(info.value) == f"backend 'cupy' is not usable here: {reason}"
+
+
+def test_strict_device_enters_without_a_warning_and_refuses_a_read_back(cupy):
+    """strict_device on CuPy 14: no deprecation warning, and ndarray.get() is refused."""
+    a = fake_cupy_array(cupy)
+    null = cupy.cuda.Stream.null
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the deprecated cupyx.allow_synchronize warns
+        with pytest.raises(xb.StrictDeviceError, match="read back to the host"):
+            with xb.strict_device(cupy):
+                a.get(stream=null)              # CuPy checks before it touches the device
+    # Outside the region CuPy goes on to the device (none here): a CUDA error, not ours.
+    with pytest.raises(Exception) as info:
+        a.get(stream=null)
+    assert not isinstance(info.value, xb.StrictDeviceError)
+    assert "DeviceSynchronized" not in type(info.value).__name__, "the region's check outlived it"
+
+
+@pytest.mark.parametrize("which", ["null", "ptds"])
+def test_strict_device_refuses_stream_synchronize_in_its_thread_only(cupy, which):
+    stream = getattr(cupy.cuda.Stream, which)
+    seen = {}
+
+    def other_thread():
+        try:
+            stream.synchronize()                # the real call (a CUDA error here: no device)
+        except Exception as exc:  # noqa: BLE001  (recorded and checked below)
+            seen["other"] = exc
+
+    with pytest.raises(xb.StrictDeviceError, match=r"synchronize\(\) was called inside a training step"):
+        with xb.strict_device(cupy):
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+            stream.synchronize()
+    assert not isinstance(seen.get("other"), xb.StrictDeviceError), seen
+    assert "synchronize" not in vars(stream), "the stream's own synchronize was not put back"
+
+
+def test_strict_device_is_off_on_numpy_and_when_disabled(cupy):
+    with xb.strict_device(np):
+        pass
+    with xb.strict_device(cupy, enabled=False):
+        assert "synchronize" not in vars(cupy.cuda.Stream.null)
+
+
+def test_memory_limit_is_put_back_where_it_applies():
+    with pytest.raises(ValueError, match="gpu_mem_limit applies to the cupy backend"):
+        xb.set_memory_limit(np, 1 << 20)
+
+
+@pytest.mark.gpu
+def test_set_memory_limit_returns_the_limit_it_replaces():
+    cp = get_xp("cupy")
+    pool = cp.get_default_memory_pool()
+    before = pool.get_limit()
+    try:
+        assert xb.set_memory_limit(cp, 1 << 30) == before
+        assert xb.set_memory_limit(cp, before) == 1 << 30
+    finally:
+        pool.set_limit(size=before)
+
+
+def test_nccl_wheel_matches_cupys_cuda(cupy):
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
+    assert xb.nccl_wheel() == f"nvidia-nccl-cu{major}"
+
+
+def test_nccl_wheel_for_a_cuda13_cupy(monkeypatch):
+    runtime = types.SimpleNamespace(runtimeGetVersion=lambda: 13000)
+    monkeypatch.setattr(xb, "_import_cupy", lambda: types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    assert xb.nccl_wheel() == "nvidia-nccl-cu13"
 
 
 def test_host_array_goes_to_a_cupy_net_through_the_device_context():
@@ -243,7 +368,7 @@ def test_to_float64_casts_every_param(layout):
     assert out.dtype == np.float64
 
 
-def test_to_array_api_strict_and_back():
+def test_to_array_api_strict_and_back(array_api_strict):
     net = MLP([4, 5, 3], activation="tanh", backend="numpy", dtype="float64")
     strict = net.to(array_api_strict)
     assert strict.xp is array_api_strict
@@ -255,7 +380,7 @@ def test_to_array_api_strict_and_back():
         np.testing.assert_array_equal(back.params[k], v)
 
 
-def test_numpy_array_into_an_array_api_strict_net_is_moved():
+def test_numpy_array_into_an_array_api_strict_net_is_moved(array_api_strict):
     """Documented in backend.as_backend_array: NumPy arrays are copied into the net's namespace."""
     net = MLP([4, 5, 3], activation="tanh", backend=array_api_strict, dtype="float64")
     X, Y = make_data(net, 5)
@@ -269,7 +394,7 @@ def test_numpy_array_into_an_array_api_strict_net_is_moved():
     assert all(get_xp(g) is array_api_strict for g in grads.values())
 
 
-def test_foreign_namespace_array_is_refused_by_a_numpy_net():
+def test_foreign_namespace_array_is_refused_by_a_numpy_net(array_api_strict):
     net = MLP([4, 5, 3], backend="numpy")
     with pytest.raises(TypeError, match=r"^X is a array_api_strict array on device .* but the net runs on numpy"):
         net.forward(array_api_strict.zeros((2, 4)))

@@ -14,7 +14,6 @@ import pathlib
 import re
 import warnings
 
-import array_api_strict
 import numpy as np
 import pytest
 from conftest import (
@@ -696,7 +695,7 @@ def test_backward_refuses_something_that_is_not_a_cache():
 
 # =========================================================================== array API namespace
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_array_api_strict_net_passes_gradcheck(layout):
+def test_array_api_strict_net_passes_gradcheck(array_api_strict, layout):
     """array_api_strict refuses anything outside the standard: no NumPy-only call in the math."""
     net = MLP([4, 5, 3, 3], activation="relu", output="softmax", backend=array_api_strict,
               dtype="float64", layout=layout)
@@ -708,7 +707,7 @@ STEP_NETS = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), 
 
 
 @pytest.mark.parametrize("output,loss", STEP_NETS, ids=[pair_id(p) for p in STEP_NETS])
-def test_array_api_strict_training_step_lowers_the_cost(output, loss):
+def test_array_api_strict_training_step_lowers_the_cost(array_api_strict, output, loss):
     xs = array_api_strict
     net = MLP([4, 5, 3], activation="tanh", output=output, loss=loss, backend=xs, dtype="float64")
     X, Y = make_data(net, 16)
@@ -728,7 +727,7 @@ def test_array_api_strict_training_step_lowers_the_cost(output, loss):
 
 
 @pytest.mark.parametrize("argument", ["X", "Y"])
-def test_array_on_another_device_is_refused_naming_both_devices(argument):
+def test_array_on_another_device_is_refused_naming_both_devices(array_api_strict, argument):
     xs = array_api_strict
     net = MLP([4, 5, 3], activation="tanh", backend=xs, dtype="float64")
     X, Y = make_data(net, 6)

@@ -593,6 +593,9 @@ def test_strict_device_epoch_on_cupy_has_no_transfer_or_sync(backend, digits):
     X, y = small(digits)
     net = xprop.MLP([64, 16, 10], seed=0, backend="cupy")
     xp = net.xp
+    pool = xp.get_default_memory_pool()
+    limit_before = pool.get_limit()
     history = fit(net, xp.asarray(X), xp.asarray(y), epochs=1, batch_size=32, progress=False,
-                  strict_device=True, gpu_mem_limit=1 << 30)
+                  strict_device=True, gpu_mem_limit=(1 << 30) + 4096)
     assert history.memory_used_bytes[0] > 0 and history.memory_total_bytes[0] >= history.memory_used_bytes[0]
+    assert pool.get_limit() == limit_before, "fit(gpu_mem_limit=...) left its limit on the pool"

@@ -426,9 +426,9 @@ class FusedKernel:
     ----------
     fn : callable
         The plain body.
-    fusion : cupy fused function or None
-        ``cupy.fuse`` of the body (None where CuPy does not import); the
-        kernel-trace test hands it to CuPy's tracer.
+    fusion : cupy fused function
+        ``cupy.fuse`` of the body, made at first use (importing xprop does
+        not import CuPy); the kernel-trace test hands it to CuPy's tracer.
     """
 
     def __init__(self, fn):
@@ -436,15 +436,21 @@ class FusedKernel:
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
-        self.fusion = None
-        try:
+        self._fusion = None
+
+    @property
+    def fusion(self):
+        if self._fusion is None:
             cupy = _import_cupy()
-        except Exception:  # CuPy absent or broken: the plain body serves
-            return
-        self.fusion = cupy.fuse(kernel_name=fn.__name__)(functools.partial(fn, cupy))
+            self._fusion = cupy.fuse(kernel_name=self.__name__)(functools.partial(self.fn, cupy))
+        return self._fusion
+
+    @fusion.setter
+    def fusion(self, value):
+        self._fusion = value
 
     def __call__(self, xp, *args):
-        if self.fusion is not None and backend_name(xp) == "cupy":
+        if backend_name(xp) == "cupy":
             return self.fusion(*args)
         return self.fn(xp, *args)
 

@@ -117,7 +117,7 @@ except ImportError as exc:  # the optional extra is missing (or older than 1.6)
         "install it with: pip install 'xprop[sklearn]'  (or: pip install 'scikit-learn>=1.6')"
     ) from exc
 
-from .backend import BackendError, as_backend_array, backend_name, get_xp, to_numpy
+from .backend import BackendError, as_backend_array, backend_name, get_xp, is_cupy_array, to_numpy
 from .network import MLP
 from .optim import SGD, Adam, make_optimizer
 from .train import fit as xprop_fit
@@ -129,19 +129,9 @@ _OPTIMIZERS = ("adam", "sgd")
 
 
 # ------------------------------------------------------------------ helpers
-def _is_cupy_array(a) -> bool:
-    """Whether ``a`` is an array of the CuPy namespace (checked through xprop.backend)."""
-    if isinstance(a, np.ndarray) or not hasattr(a, "__array_namespace__"):
-        return False
-    try:
-        return backend_name(get_xp(a)) == "cupy"
-    except (TypeError, ValueError):
-        return False
-
-
 def _host(a):
     """``a`` on the host: CuPy arrays are copied, anything else is left as it is."""
-    return to_numpy(a) if _is_cupy_array(a) else a
+    return to_numpy(a) if is_cupy_array(a) else a
 
 
 def _like_input(result, xp_in):
@@ -305,7 +295,7 @@ class _XpropMLP(BaseEstimator):
         and checks them otherwise). CuPy arrays get the same shape checks
         here; :func:`xprop.validation.check_inputs` checks their values.
         """
-        if not _is_cupy_array(X):
+        if not is_cupy_array(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
         if X.ndim != 2:
             raise ValueError(f"Expected a 2D array, got a {X.ndim}D array of shape {tuple(X.shape)} instead; "
@@ -338,7 +328,7 @@ class _XpropMLP(BaseEstimator):
         reuse = fitted and (incremental or p["warm_start"])
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None.")
-        if _is_cupy_array(X):
+        if is_cupy_array(X):
             X = self._check_X(X, reset=not reuse)
             y = self._check_y_device(X, y)
         else:
@@ -422,7 +412,7 @@ class _XpropMLP(BaseEstimator):
         train_idx, val_idx = train_test_split(idx, test_size=self.validation_fraction,
                                               random_state=self._draw_seed(), stratify=stratify)
         train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
-        xp = get_xp(X) if _is_cupy_array(X) else np
+        xp = get_xp(X) if is_cupy_array(X) else np
         def take(a, rows):
             return xp.take(a, xp.asarray(rows), axis=0)
 
@@ -435,7 +425,7 @@ class _XpropMLP(BaseEstimator):
     def _outputs(self, X):
         """``A_L`` on the net's backend, and the namespace of the given X."""
         check_is_fitted(self)
-        xp_in = get_xp(X) if _is_cupy_array(X) else np
+        xp_in = get_xp(X) if is_cupy_array(X) else np
         X = self._check_X(X, reset=False)
         A, _ = self.net_.forward(X)
         return A, xp_in

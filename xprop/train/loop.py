@@ -272,8 +272,8 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     bar = ProgressBar(progress and strategy.is_root)
     callbacks = [bar, DivergenceGuard() if guard is None else guard, early, *([store] if store else []),
                  *(UserCallback(cb) for cb in user_callbacks)]
-    if settings.gpu_mem_limit is not None:
-        set_memory_limit(net.xp, settings.gpu_mem_limit)
+    limit = settings.gpu_mem_limit       # the pool's cap for this call only: the old one goes back
+    limit_before = None if limit is None else set_memory_limit(net.xp, limit)
     try:
         for cb in callbacks:
             cb.on_train_begin(state)
@@ -281,6 +281,8 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     finally:
         for cb in callbacks:
             cb.close()
+        if limit_before is not None:
+            set_memory_limit(net.xp, limit_before)
     for cb in callbacks:
         cb.on_train_end(state)
     return state.history
