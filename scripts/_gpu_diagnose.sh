@@ -16,13 +16,14 @@ xprop_codes() {
     # Every code xprop_explain knows: what xprop_classify prints, and no-docker-cli.
     printf '%s\n' no-docker-cli no-engine docker-permission no-toolkit image-needs-newer-driver \
         driver-mismatch two-cupy cupy-missing insufficient-driver no-driver libcuda-missing \
-        no-device cuda-libs-missing cache-readonly
+        no-device cuda-libs-missing cuda-headers-missing cache-readonly
 }
 
 # The probe: which CuPy distributions are installed, whether CuPy imports, the
 # CUDA runtime/driver versions, the device count, whether the kernel cache is
-# writable, and one elementwise kernel (compiled by NVRTC, so it also catches
-# missing CUDA libraries and an unwritable cache). The last line is
+# writable, where CuPy finds the CUDA headers, and one elementwise kernel
+# (compiled by NVRTC, so it also catches missing CUDA libraries, missing CUDA
+# headers: CuPy 14 needs cuda_runtime.h for every kernel, and an unwritable cache). The last line is
 # "XPROP-PROBE OK ..." or "XPROP-PROBE FAIL <what>: <message>".
 XPROP_PROBE_PY=$(
     cat <<'PY'
@@ -79,10 +80,23 @@ if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
     fail("cache-readonly", f"kernel cache {cache} cannot be written ({existing} is not a writable directory for uid {os.getuid()})")
 print("kernel-cache:", cache, flush=True)
 
+try:  # CuPy 14 looks for the CUDA headers this way (cupy._core.core, NVRTC options)
+    from cuda.pathfinder import find_nvidia_header_directory
+except ImportError:
+    pass
+else:
+    try:
+        headers = find_nvidia_header_directory("cudart")
+    except Exception as exc:  # report, and let the kernel below say what it means
+        headers = f"unknown ({type(exc).__name__}: {exc})"
+    print("cuda-headers:", headers or "none found", flush=True)
+
 try:
     x = cupy.arange(4, dtype=cupy.float32)
     total = float((x * 2 + 1).sum())  # 1 + 3 + 5 + 7
 except Exception as exc:
+    if "Failed to find CUDA headers" in str(exc):
+        fail("cuda-headers", f"{type(exc).__name__}: {exc}")
     fail("kernel", f"{type(exc).__name__}: {exc}")
 if total != 16.0:
     fail("kernel", f"(arange(4) * 2 + 1).sum() gave {total}, expected 16")
@@ -135,6 +149,8 @@ xprop_classify() {
         echo insufficient-driver
     elif _xprop_has 'XPROP-PROBE FAIL no-device|cudaErrorNoDevice|no CUDA-capable device|No devices were found'; then
         echo no-device
+    elif _xprop_has 'XPROP-PROBE FAIL cuda-headers|Failed to find CUDA headers'; then
+        echo cuda-headers-missing
     elif _xprop_has 'lib(nvrtc|cublas|cublasLt|cufft|curand|cusolver|cusparse|cudart|nvJitLink)[^ ]*\.so'; then
         echo cuda-libs-missing
     elif _xprop_has 'XPROP-PROBE FAIL cache-readonly|read-only file system|permission denied.*(cupy|kernel_cache)'; then
@@ -193,6 +209,9 @@ xprop_explain() {
     cuda-libs-missing)
         what="CuPy imports but CUDA toolkit libraries (NVRTC, cuBLAS, ...) cannot be loaded"
         fix="use an nvidia/cuda *runtime* image (not base), install the CUDA toolkit, or install the CUDA library wheels CuPy's installation guide lists" ;;
+    cuda-headers-missing)
+        what="CuPy imports and sees the GPU but cannot compile any kernel: CuPy 14 compiles every kernel with NVRTC against the CUDA runtime headers (cuda_runtime.h), and finds none (no [ctk] wheels, no CUDA toolkit, CUDA_PATH unset)"
+        fix="pip install \"cupy-cuda12x[ctk]\" (or cupy-cuda13x[ctk], as your wheel; xprop's gpu/cuda12/cuda13 extras bring it), or use an nvidia/cuda *-devel* image or a CUDA toolkit and set CUDA_PATH" ;;
     cache-readonly)
         what="CuPy cannot write its kernel cache (CUPY_CACHE_DIR, default ~/.cupy/kernel_cache): read-only file system or wrong owner"
         fix="export CUPY_CACHE_DIR=<a writable directory>; in Docker mount a volume there (docker/compose.yaml does) owned by the container user (UID 1000)" ;;

@@ -145,6 +145,38 @@ def test_probe_classifies_cuda_errors(fresh_probe, error, libcuda, expected):
     assert xprop.backends() == ["numpy"]
 
 
+def test_probe_refuses_a_cupy_older_than_the_pin(fresh_probe):
+    """CuPy 13 has no cupy.astype (every input check calls it): unusable, saying why."""
+    fake = fake_cupy(lambda: 1)
+    fake.__version__ = "13.6.0"
+    fresh_probe.setattr(xb, "_import_cupy", lambda: fake)
+    usable, reason = xb.cupy_status()
+    assert not usable
+    assert reason.startswith("CuPy 13.6.0 is installed but xprop needs CuPy >= 14.0"), reason
+    fake.__version__ = "14.0.0rc1"
+    xb.cupy_status.cache_clear()
+    assert xb.cupy_status() == (True, "ok: 1 device(s)")
+
+
+def test_the_cupy_extras_pin_what_the_code_needs():
+    """Every CuPy requirement in pyproject.toml: at least CUPY_MIN_VERSION, with the CUDA headers."""
+    tomllib = pytest.importorskip("tomllib", reason="Python < 3.11 has no tomllib")
+    from packaging.requirements import Requirement  # noqa: PLC0415  (pytest depends on packaging)
+
+    project = tomllib.loads((pathlib.Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    found = []
+    for extra, reqs in project["optional-dependencies"].items():
+        for text in reqs:
+            req = Requirement(text)
+            if not req.name.startswith("cupy"):
+                continue
+            found.append(extra)
+            need = ".".join(map(str, xb.CUPY_MIN_VERSION))
+            assert not req.specifier.contains("13.6.0") and req.specifier.contains(need + ".0"), (extra, text)
+            assert "ctk" in req.extras, f"{extra}: {text} brings no CUDA headers; NVRTC needs them ([ctk])"
+    assert {"gpu", "cuda12", "cuda13"} <= set(found)
+
+
 def test_probe_zero_devices(fresh_probe):
     fresh_probe.setattr(xb, "_import_cupy", lambda: fake_cupy(lambda: 0))
     assert xb.cupy_status() == (False, "CuPy imports but no CUDA device is counted; check nvidia-smi")

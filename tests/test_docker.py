@@ -231,6 +231,21 @@ def test_image_installs_the_project_with_its_extras(name, wanted, unwanted):
     assert not unwanted & extras, f"{name}: installs {unwanted & extras}"
 
 
+def test_gpu_image_brings_the_cuda_headers_and_checks_them_at_build():
+    """CuPy 14 compiles every kernel against cuda_runtime.h; a -runtime base has none."""
+    import tomllib  # noqa: PLC0415
+    from packaging.requirements import Requirement  # noqa: PLC0415
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    base = args_of(final_stage("gpu"), "FROM")[0].split()[0]
+    cupy = [Requirement(r) for r in extras["gpu"] if r.startswith("cupy")]
+    assert "-devel-" in base or (cupy and "ctk" in cupy[0].extras), (
+        f"the GPU image ({base}, extra gpu = {extras['gpu']}) has no CUDA headers: use cupy-cuda12x[ctk]")
+    runs = " ".join(args_of(final_stage("gpu"), "RUN"))
+    assert "find_nvidia_header_directory" in runs and "cuda-headers-missing" in runs, (
+        "the final stage does not check that CuPy finds the CUDA headers")
+
+
 def test_gpu_image_command_fails_without_a_device():
     stage = final_stage("gpu")
     cmd = json.loads(args_of(stage, "CMD")[-1])
@@ -518,6 +533,12 @@ FAILURE_TEXTS = [
     ("devices: 0\nXPROP-PROBE FAIL no-device: CuPy counts 0 CUDA devices", "no-device"),
     ("XPROP-PROBE FAIL kernel: RuntimeError: CuPy failed to load libnvrtc.so.12: OSError: "
      "libnvrtc.so.12: cannot open shared object file: No such file or directory", "cuda-libs-missing"),
+    # CuPy 14.2's own words (cupy/_core/core.pyx) when it finds no cuda_runtime.h.
+    ("cuda-headers: none found\nXPROP-PROBE FAIL cuda-headers: RuntimeError: Failed to find CUDA headers. "
+     "Please install CUDA toolkit headers (e.g., pip install cupy-cuda12x[ctk]) or specify CUDA_PATH "
+     "environment variable.", "cuda-headers-missing"),
+    ("RuntimeError: Failed to find CUDA headers. Please install CUDA toolkit headers (e.g., pip install "
+     "cupy-cuda12x[ctk]) or specify CUDA_PATH environment variable.", "cuda-headers-missing"),
     ("XPROP-PROBE FAIL cache-readonly: kernel cache /home/xprop/.cupy/kernel_cache cannot be written",
      "cache-readonly"),
     ("XPROP-PROBE FAIL kernel: OSError: [Errno 30] Read-only file system: "
@@ -563,6 +584,9 @@ def arange(n, dtype=None):
     if MODE == "nvrtc":
         raise RuntimeError("CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: "
                            "cannot open shared object file: No such file or directory")
+    if MODE == "no-headers":  # CuPy 14.2's message (cupy/_core/core.pyx) at the first kernel
+        raise RuntimeError("Failed to find CUDA headers. Please install CUDA toolkit headers (e.g., "
+                           "pip install cupy-cuda12x[ctk]) or specify CUDA_PATH environment variable.")
     return _np.arange(n, dtype=dtype)
 
 
@@ -671,6 +695,7 @@ def test_gpu_check_with_a_failing_nvidia_smi_says_no_driver(tmp_path):
     ("old-driver", (), "insufficient-driver"),
     ("no-device", (), "no-device"),
     ("nvrtc", (), "cuda-libs-missing"),
+    ("no-headers", (), "cuda-headers-missing"),
     ("ok", ("cupy-cuda11x", "cupy-cuda13x"), "two-cupy"),
 ])
 def test_gpu_check_names_the_cupy_failure(tmp_path, mode, extra_dists, code):
@@ -807,6 +832,9 @@ PROBE_FAILURES = [
      "no-device", "--gpus all"),
     ("cupy-dists: cupy-cuda12x==13.3.0, cupy-cuda13x==13.6.0\nXPROP-PROBE FAIL two-cupy: more than "
      "one CuPy distribution is installed: cupy-cuda12x, cupy-cuda13x", "two-cupy", "pip uninstall"),
+    ("cuda-headers: none found\nXPROP-PROBE FAIL cuda-headers: RuntimeError: Failed to find CUDA headers. "
+     "Please install CUDA toolkit headers (e.g., pip install cupy-cuda12x[ctk]) or specify CUDA_PATH "
+     "environment variable.", "cuda-headers-missing", "(or cupy-cuda13x[ctk], as your wheel"),
     ("XPROP-PROBE FAIL cache-readonly: kernel cache /home/xprop/.cupy/kernel_cache cannot be written",
      "cache-readonly", "CUPY_CACHE_DIR"),
 ]

@@ -108,6 +108,19 @@ def _classify_cuda_error(text: str) -> str:
     return f"CUDA is not usable ({text})"
 
 
+def _cupy_too_old(version) -> str | None:
+    """Why CuPy ``version`` cannot serve xprop, or None (also for an unreadable version)."""
+    try:
+        major, minor = (int(part) for part in str(version).split(".")[:2])
+    except (TypeError, ValueError):
+        return None
+    if (major, minor) >= CUPY_MIN_VERSION:
+        return None
+    need = ".".join(map(str, CUPY_MIN_VERSION))
+    return (f"CuPy {version} is installed but xprop needs CuPy >= {need} (it calls cupy.astype "
+            f"and asarray(copy=)); {_FIX_INSTALL}")
+
+
 @functools.lru_cache(maxsize=1)
 def cupy_status() -> tuple[bool, str]:
     """Whether CuPy can be used here, and why not.
@@ -130,6 +143,9 @@ def cupy_status() -> tuple[bool, str]:
         )
     except Exception as exc:  # a broken install raises anything at import time
         return False, f"CuPy fails to import ({type(exc).__name__}: {exc})"
+    too_old = _cupy_too_old(getattr(cupy, "__version__", None))
+    if too_old:
+        return False, too_old
     try:
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as exc:  # CUDARuntimeError, or a missing libcuda at first use
