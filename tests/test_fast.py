@@ -171,6 +171,40 @@ def test_flat_optimizer_equals_per_parameter_reference(make, dtype, kernels_on):
             assert np.array_equal(fast.state_dict()["arrays"][f"{k}.{s}"], ref_state[k][s])
 
 
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_fused_update_makes_no_scratch_and_runs_no_chunk_loop(make, monkeypatch):
+    """As on CuPy (kernels on): one in-place update over the whole buffer, without overwrite_grads too."""
+    from xprop import optim, kernels as K  # noqa: PLC0415
+
+    monkeypatch.setattr(optim, "SCRATCH_CHUNK", 5)      # a chunk loop would make 5 calls per step
+    calls = []
+    for name in ("sgd_update", "adam_update"):
+        real = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, real=real, **kw: (calls.append(a[1].shape), real(*a, **kw)))
+    rng = np.random.default_rng(8)
+    net = xprop.MLP([4, 3, 2], backend="numpy", dtype="float64", seed=0)
+    ref = {k: v.copy() for k, v in net.params.items()}
+    fast, plain = make(), make()
+    ref_state = {k: {s: np.zeros_like(v) for s in plain.state_names} for k, v in ref.items()}
+    step = TrainStep(net)
+    for t in range(3):
+        grads = {f"d{k}": rng.standard_normal(v.shape) for k, v in ref.items()}
+        flat_grads = step.buffers(3).grads
+        for k, g in grads.items():
+            flat_grads[k][...] = g
+        if t == 0:
+            fast._flat_plan(net.params, flat_grads)
+            fast.use_kernels = True                       # what the plan sets on CuPy
+        fast.step(net.params, flat_grads)                 # overwrite_grads=False: distributed, direct calls
+        plain.t += 1
+        for k, p in ref.items():
+            plain._update(np, p, grads[f"d{k}"], ref_state[k])
+    assert calls == [(23,)] * 3, f"update calls per step (shapes): {calls}"
+    assert fast._flat[3] is None, "a scratch buffer was made"
+    for k in ref:
+        assert np.array_equal(net.params[k], ref[k]), k
+
+
 def test_params_are_views_of_one_buffer_until_a_key_is_replaced():
     net = xprop.MLP([3, 4, 2], backend="numpy", seed=0)
     flat = net.params.flat
