@@ -241,6 +241,8 @@ class TrainStep:
             else:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
                 dZ *= s                                      # the 1/m of dW and db, once
+        elif net.fused and self.use_kernels:                 # sigmoid + BCE: one launch too
+            kernels.output_delta(xp, AL, Y, s, dZ)           # dZ_L / m = (A_L − Y) / m
         else:
             rules = self.rules
             if rules.fused:
