@@ -143,13 +143,15 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         on one process.
     strict_device : bool
         Make any host↔device copy or device synchronisation inside a training
-        step an error (CuPy: ``cupyx.allow_synchronize(False)`` and the
-        backend's transfer count). The data moves to the device once, at the
-        call's entry, and the losses are read back once per epoch, outside
-        the checked region. On NumPy there is no device and nothing to check.
+        step an error (:class:`xprop.backend.StrictDeviceError`; what is
+        caught: :func:`xprop.backend.strict_device`). The data moves to the
+        device once, at the call's entry, and the losses are read back once
+        per epoch, outside the checked region. On NumPy there is no device
+        and nothing to check.
     gpu_mem_limit : int, optional
-        Bytes the CuPy memory pool may hold (``history.memory_total_bytes``
-        shows what it holds per epoch). CuPy backend only.
+        Bytes the CuPy memory pool may hold during this call
+        (``history.memory_total_bytes`` shows what it holds per epoch); the
+        previous limit is put back when fit returns. CuPy backend only.
     rank_timeout : float or None
         Distributed training: seconds a rank may wait for the others in one
         collective (default 600). When a rank stops making progress (stopped,
