@@ -318,6 +318,12 @@ def test_select_gpu_on_a_machine_without_gpus(monkeypatch):
         ctx.select_gpu(required=True)
 
 
+def test_the_nccl_hint_names_the_wheel_for_cupys_cuda(monkeypatch):
+    monkeypatch.setattr(dist, "nccl_wheel", lambda: "nvidia-nccl-cu13")   # as with cupy-cuda13x
+    _, warning = choose_path("cupy", [False, True])
+    assert "pip install nvidia-nccl-cu13" in warning and "cu12" not in warning
+
+
 def test_path_choice():
     assert choose_path("numpy", [False, False]) == ("mpi", None)
     assert choose_path("cupy", [True, True]) == ("nccl", None)

@@ -249,6 +249,14 @@ def test_mpi_and_nccl_missing_are_info_with_how_to_get_them(machine):
     assert f["nccl"].status == "info" and "no NCCL wheel" in f["nccl"].message
 
 
+@pytest.mark.parametrize("cupy_wheel, want", [("cupy-cuda12x", "nvidia-nccl-cu12"),
+                                               ("cupy-cuda13x", "nvidia-nccl-cu13")])
+def test_missing_nccl_names_the_wheel_for_cupys_cuda(machine, cupy_wheel, want):
+    machine.dists = [(cupy_wheel, "14.2.0")]
+    f = machine.findings()["nccl"]
+    assert f.status == "info" and f.fix == f"only for multi-GPU communication: pip install {want}"
+
+
 def test_nccl_for_another_cuda_than_cupy_warns(machine):
     machine.smi = (0, smi_output("580.65.06"))
     machine.dists = [("cupy-cuda13x", "14.0.0"), ("nvidia-nccl-cu12", "2.21.5")]
