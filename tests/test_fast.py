@@ -133,6 +133,37 @@ def test_output_delta_kernel_writes_into_the_buffer(dtype):
     assert np.array_equal(out, expected)
 
 
+@pytest.mark.parametrize("activation", sorted(kernels.BACKWARD))
+@pytest.mark.parametrize("output, loss", [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy")])
+def test_the_step_hands_its_own_buffers_to_the_kernels(activation, output, loss, monkeypatch):
+    """As on CuPy (kernels on): the delta goes into dZ_L, each g' turns the step's dA buffer into dZ."""
+    net = xprop.MLP([5, 4, 3, 3], activation=activation, output=output, loss=loss, backend="numpy", seed=1)
+    X, Y = data(net, 6, np.random.default_rng(9))
+    step = TrainStep(net)
+    step.use_kernels = True
+    seen = {"delta": [], "backward": []}
+    real_delta, real_backward = kernels.output_delta, kernels.BACKWARD[activation]
+
+    def delta(xp, A, Y_, s, out):
+        seen["delta"].append(out)
+        return real_delta(xp, A, Y_, s, out)
+
+    def backward(xp, dA, A):
+        seen["backward"].append(dA)
+        assert real_backward(xp, dA, A) is None
+
+    monkeypatch.setattr(kernels, "output_delta", delta)
+    monkeypatch.setitem(kernels.BACKWARD, activation, backward)
+    for _ in range(2):
+        step(X, Y)
+    buf = step.buffers(6)
+    assert [o is buf.dZ_L for o in seen["delta"]] == [True, True]
+    assert len(seen["backward"]) == 2 * (net.L - 1)
+    layers = list(range(net.L - 1, 0, -1)) * 2                      # dA_2, dA_1 in each step
+    for got, l in zip(seen["backward"], layers):
+        assert got is buf.dA[l] and np.shares_memory(got, buf.Z[l]), l   # written over Z_l
+
+
 OPTIMIZERS = {
     "sgd": lambda: SGD(lr=0.1),
     "sgd-momentum-wd": lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
