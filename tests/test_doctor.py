@@ -20,7 +20,8 @@ import xprop
 from xprop import doctor
 from xprop.doctor import Finding, cupy_cuda_major, main, parse_nvidia_smi, run_checks
 
-NAMES = ["nvidia-driver", "cupy-wheels", "cupy-device", "kernel-cache", "mpi", "nccl", "blas", "gpu-memory"]
+NAMES = ["nvidia-driver", "cupy-wheels", "cupy-device", "kernel-cache", "cuda-headers", "mpi", "nccl", "blas",
+         "gpu-memory"]
 H100 = "NVIDIA H100 80GB HBM3"
 
 
@@ -38,6 +39,7 @@ class Machine:
         self.cupy = (True, "ok: 1 device(s)")
         self.gpus = [{"id": 0, "name": H100, "total_bytes": 80 * 2**30, "free_bytes": 79 * 2**30,
                       "pool_used_bytes": 0, "pool_total_bytes": 2**30}]
+        self.headers = "/venv/lib/python3.12/site-packages/nvidia/cuda_runtime/include"
         self.mpi4py = True
         self.mpiexec = "/usr/bin/mpiexec"
         self.threadpools = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.27",
@@ -52,6 +54,7 @@ class Machine:
             "probe_nvidia_smi": lambda: self.smi,
             "probe_distributions": lambda: list(self.dists),
             "probe_cupy_status": lambda: self.cupy,
+            "probe_cuda_headers": self._headers,
             "probe_find_spec": lambda name: self.mpi4py if name == "mpi4py" else False,
             "probe_which": lambda name: self.mpiexec if name == "mpiexec" else None,
             "probe_threadpools": lambda: self.threadpools,
@@ -60,6 +63,11 @@ class Machine:
         }
         for name, fake in fakes.items():
             monkeypatch.setattr(doctor, name, fake)
+
+    def _headers(self):
+        if isinstance(self.headers, Exception):
+            raise self.headers
+        return self.headers
 
     def without_gpu(self):
         """A CPU machine with the CUDA 12 wheel installed (like CI)."""
@@ -93,14 +101,14 @@ def test_healthy_gpu_machine_has_nothing_to_fix(machine, capsys):
     f = machine.findings()
     assert {n: f[n].status for n in NAMES} == {
         "nvidia-driver": "ok", "cupy-wheels": "ok", "cupy-device": "ok", "kernel-cache": "ok",
-        "mpi": "info", "nccl": "info", "blas": "info", "gpu-memory": "info"}
+        "cuda-headers": "ok", "mpi": "info", "nccl": "info", "blas": "info", "gpu-memory": "info"}
     assert "550.54.15" in f["nvidia-driver"].message and H100 in f["nvidia-driver"].message
     assert "needs >= 525.60.13" in f["nvidia-driver"].message
     assert main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(NAMES) + 1
     assert [line.split()[1].rstrip(":") for line in lines[:-1]] == NAMES
-    assert lines[-1] == "xprop doctor: 8 checks, 0 failed, 0 warnings"
+    assert lines[-1] == "xprop doctor: 9 checks, 0 failed, 0 warnings"
 
 
 # -------------------------------------------------------- NVIDIA driver
@@ -231,6 +239,41 @@ def test_unwritable_kernel_cache_without_cupy_is_only_info(machine, monkeypatch)
     machine.dists = [("numpy", "2.1.3")]
     deny_access_to(monkeypatch, machine.cache)
     assert machine.findings()["kernel-cache"].status == "info"
+
+
+# ------------------------------------------------------------- CUDA headers
+def test_cuda_headers_found_are_ok(machine):
+    f = machine.findings()["cuda-headers"]
+    assert f.status == "ok" and f.message == f"CUDA headers for NVRTC: {machine.headers}"
+
+
+@pytest.mark.parametrize("wheel, fix", [("cupy-cuda12x", 'pip install "cupy-cuda12x[ctk]"'),
+                                        ("cupy-cuda13x", 'pip install "cupy-cuda13x[ctk]"')])
+def test_no_cuda_headers_with_cupy_installed_fails_naming_the_ctk_extra(machine, wheel, fix):
+    machine.headers = None                   # a plain cupy-cuda12x on an nvidia/cuda runtime image
+    machine.dists = [(wheel, "14.2.0")]
+    f = machine.findings()["cuda-headers"]
+    assert f.status == "fail" and "cannot compile any kernel" in f.message
+    assert f.fix.startswith(fix), f.fix
+    assert main([]) == 1
+
+
+def test_cuda_headers_do_not_matter_without_cupy(machine):
+    machine.headers = None
+    machine.dists = [("numpy", "2.1.3")]
+    assert machine.findings()["cuda-headers"].status == "info"
+
+
+def test_cuda_header_lookup_missing_warns(machine):
+    machine.headers = ImportError("No module named 'cuda.pathfinder'")
+    f = machine.findings()["cuda-headers"]
+    assert f.status == "warn" and "cuda.pathfinder" in f.message
+
+
+def test_the_real_header_lookup_answers_without_a_device():
+    pytest.importorskip("cuda.pathfinder", reason="CuPy 14's cuda-pathfinder is not installed")
+    found = xprop.backend.cuda_headers()
+    assert found is None or Path(found, "cuda_runtime.h").is_file(), found
 
 
 # ------------------------------------------------------------- MPI, NCCL

@@ -659,6 +659,24 @@ def set_memory_limit(xp, nbytes: int) -> int:
     return previous
 
 
+def cuda_headers() -> str | None:
+    """Where CuPy 14 finds the CUDA runtime headers NVRTC compiles every kernel against.
+
+    CuPy asks ``cuda.pathfinder.find_nvidia_header_directory("cudart")`` at
+    its first kernel (the ``[ctk]`` wheels, a CUDA toolkit, ``CUDA_PATH``); so
+    does this, without a device and without compiling anything. Returns the
+    directory, or None where there is none (then no kernel compiles).
+
+    Raises
+    ------
+    ImportError
+        ``cuda.pathfinder`` (a dependency of CuPy 14) is not installed.
+    """
+    from cuda.pathfinder import find_nvidia_header_directory  # noqa: PLC0415  (CuPy 14's own lookup)
+
+    return find_nvidia_header_directory("cudart")
+
+
 def nccl_wheel() -> str:
     """The NCCL wheel for the installed CuPy: ``nvidia-nccl-cu12`` or ``nvidia-nccl-cu13``.
 
