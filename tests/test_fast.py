@@ -371,6 +371,41 @@ def test_output_delta_and_adam_kernels_on_the_gpu_equal_the_plain_code(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("which", ["sgd", "sgd-momentum-wd", "adam-wd"])
+def test_a_cupy_step_in_steady_state_allocates_only_the_cost_scalars(which):
+    """CuPy's memory hooks see every allocation from the pool: after warm-up, a step and its
+    update allocate nothing but the cost's 0-d values (CuPy's vdot has no out=)."""
+    cp = xprop.get_xp("cupy")
+    net = xprop.MLP([64, 32, 16, 10], activation="relu", backend="cupy", dtype="float32", seed=0)
+    X, Y = data(net, 128, np.random.default_rng(3))
+    X, Y = cp.asarray(X), cp.asarray(Y)
+    step, opt = TrainStep(net), OPTIMIZERS[which]()
+    scale = opt.grad_scale()
+
+    def one():
+        _, _, grads = step(X, Y) if scale is None else step(X, Y, scale)
+        opt.step(net.params, grads, overwrite_grads=True, scaled=scale is not None)
+
+    for _ in range(3):                 # buffers, optimizer state, compiled kernels
+        one()
+
+    class Allocations(cp.cuda.MemoryHook):
+        name = "xprop-allocations"
+
+        def __init__(self):
+            self.sizes = []
+
+        def malloc_preprocess(self, **kwargs):
+            self.sizes.append(kwargs["size"])
+
+    with Allocations() as seen:
+        one()
+        one()
+    cp.cuda.get_current_stream().synchronize()
+    assert all(size <= 8 for size in seen.sizes), f"{which}: allocations per 2 steps (bytes): {seen.sizes}"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("activation", HIDDEN)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_training_step_on_the_gpu_equals_the_reference(activation, dtype):
