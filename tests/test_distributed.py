@@ -319,7 +319,7 @@ def test_select_gpu_on_a_machine_without_gpus(monkeypatch):
 
 
 def test_the_nccl_hint_names_the_wheel_for_cupys_cuda(monkeypatch):
-    monkeypatch.setattr(dist, "nccl_wheel", lambda: "nvidia-nccl-cu13")   # as with cupy-cuda13x
+    monkeypatch.setattr(xprop.backend, "nccl_wheel", lambda: "nvidia-nccl-cu13")   # as with cupy-cuda13x
     _, warning = choose_path("cupy", [False, True])
     assert "pip install nvidia-nccl-cu13" in warning and "cu12" not in warning
 

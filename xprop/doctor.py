@@ -42,11 +42,9 @@ kernel-cache
     ``~/.cupy/kernel_cache``); it must be a writable directory or creatable.
     Not writable → fail when CuPy is installed, info otherwise.
 cuda-headers
-    CuPy 14 compiles every kernel with NVRTC against the CUDA runtime headers
-    (``cuda_runtime.h``), found the way CuPy finds them
-    (:func:`xprop.backend.cuda_headers`; no device needed). None found while
-    a CuPy wheel is installed → fail (its fix: the ``[ctk]`` extra, a CUDA
-    toolkit or ``CUDA_PATH``); CuPy not installed → info.
+    Where CuPy 14 finds ``cuda_runtime.h``, which NVRTC needs for every kernel
+    (:func:`xprop.backend.cuda_headers`, no device needed): none while a CuPy
+    wheel is installed → fail (fix: the ``[ctk]`` extra); no CuPy → info.
 mpi, nccl
     mpi4py (found without importing it), ``mpiexec`` on PATH, and the NCCL
     wheels ``nvidia-nccl-cu12``/``nvidia-nccl-cu13`` (from the installed
@@ -175,10 +173,12 @@ def probe_writable(path) -> tuple[bool, str]:
     return False, f"{path} does not exist and cannot be created: {parent} is not writable"
 
 
-def probe_cuda_headers() -> str | None:
-    """The CUDA header directory CuPy would compile against, or None (raises ImportError
-    where CuPy's header lookup is not installed)."""
-    return _backend.cuda_headers()
+def probe_cuda_headers():
+    """CuPy's CUDA header directory, None if there is none, or the ImportError of its lookup."""
+    try:
+        return _backend.cuda_headers()
+    except ImportError as exc:
+        return exc
 
 
 def probe_find_spec(name: str) -> bool:
@@ -362,20 +362,17 @@ def check_kernel_cache(path, writable, dists) -> Finding:
 
 
 def check_cuda_headers(headers, dists) -> Finding:
-    """``headers``: a directory, None (none found), or an exception's text (the lookup failed)."""
-    wheels = _cupy_wheels(dists)
-    if not wheels:
+    majors = sorted({cupy_cuda_major(n) for n, _ in _cupy_wheels(dists)} - {None}) or [12]
+    fix = (f"pip install \"cupy-cuda{majors[-1]}x[ctk]\" (xprop's gpu/cuda12/cuda13 extras bring it), "
+           "or install a CUDA toolkit and set CUDA_PATH")
+    if not _cupy_wheels(dists):
         return Finding("cuda-headers", "info", "CuPy is not installed: no CUDA headers needed")
-    majors = sorted({cupy_cuda_major(n) for n, _ in wheels} - {None})
-    wheel = f"cupy-cuda{majors[-1]}x[ctk]" if majors else "cupy-cuda12x[ctk]"
-    fix = (f"pip install \"{wheel}\" (xprop's gpu/cuda12/cuda13 extras bring it), or install a CUDA "
-           "toolkit and set CUDA_PATH")
     if headers is None:
         return Finding("cuda-headers", "fail", "CuPy finds no CUDA headers (cuda_runtime.h): it cannot "
                        "compile any kernel (\"Failed to find CUDA headers\")", fix)
     if isinstance(headers, Exception):
-        return Finding("cuda-headers", "warn", f"CuPy's header lookup could not run ({type(headers).__name__}: "
-                       f"{headers}); CuPy >= 14 brings it", fix)
+        return Finding("cuda-headers", "warn", f"CuPy's header lookup could not run ({headers}); "
+                       "CuPy >= 14 brings it", fix)
     return Finding("cuda-headers", "ok", f"CUDA headers for NVRTC: {headers}")
 
 
@@ -467,14 +464,6 @@ def _guard(name, check, *args) -> Finding:
                        "please report this as an xprop bug, with the output of xprop doctor")
 
 
-def _probe_or_error(probe, *args):
-    """What ``probe`` returns, or the exception it raised (for the check to report)."""
-    try:
-        return probe(*args)
-    except Exception as exc:  # noqa: BLE001  (reported by the check)
-        return exc
-
-
 def _probe(default, probe, *args):
     try:
         return probe(*args)
@@ -495,7 +484,7 @@ def run_checks() -> list[Finding]:
         _guard("cupy-wheels", check_cupy_wheels, dists, driver),
         _guard("cupy-device", check_cupy_device, status, dists, smi),
         _guard("kernel-cache", lambda: check_kernel_cache(cache, probe_writable(cache), dists)),
-        _guard("cuda-headers", lambda: check_cuda_headers(_probe_or_error(probe_cuda_headers), dists)),
+        _guard("cuda-headers", lambda: check_cuda_headers(probe_cuda_headers(), dists)),
         _guard("mpi", lambda: check_mpi(probe_find_spec("mpi4py"), probe_which("mpiexec"), dists)),
         _guard("nccl", check_nccl, dists),
         _guard("blas", lambda: check_blas(probe_threadpools(), probe_numpy_blas())),
