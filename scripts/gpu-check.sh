@@ -3,7 +3,7 @@
 #
 #   scripts/gpu-check.sh [--full] [--no-bench] [--probe-only]
 #
-# Steps: the NVIDIA driver (nvidia-smi), CuPy (import, device count, one
+# Steps: the NVIDIA driver (nvidia-smi), CuPy (import, device count, CUDA headers, one
 # kernel), the GPU tests (XPROP_REQUIRE_GPU=1 python -m pytest -m gpu), with
 # --full the rest of the suite, `python -m xprop check` (CPU and GPU numbers
 # agree), and scripts/bench.py --backend cupy --quick when that script exists.
