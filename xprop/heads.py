@@ -29,12 +29,15 @@ class Head:
     name : str
     takes_labels : bool
         Targets may be given as 1-D class labels ``(m,)``.
+    rows_are_distributions : bool
+        Target rows must be one-hot (or probability) rows summing to 1.
     counts : bool
         ``correct`` counts something (accuracy is defined).
     """
 
     name = "values"
     takes_labels = False
+    rows_are_distributions = False
     counts = False
 
     def outputs_per_example(self, n_out: int) -> int:
@@ -67,6 +70,7 @@ class ClassHead(Head):
 
     name = "classes"
     takes_labels = True
+    rows_are_distributions = True
     counts = True
 
     def correct(self, xp, A, Y):

@@ -131,7 +131,6 @@ class MLP:
             )
         # dZ_L = A_L − Y for softmax + CE and sigmoid + BCE; the generic rule otherwise.
         self.fused = need is not None
-        self.head = get_head(output)
         self.layout = check_choice("layout", layout, LAYOUTS)
         self.init = default_init(activation) if init is None else check_choice("init", init, tuple(INITS))
         self.seed = check_seed(seed)
@@ -158,6 +157,11 @@ class MLP:
         else:
             self.params = {name: xp.asarray(value) for name, value in host.items()}
         self.device = device_of(self.params["W1"])
+
+    @property
+    def head(self) -> Head:
+        """What the output kind means: targets, predictions, accuracy (:mod:`xprop.heads`)."""
+        return get_head(self.output)
 
     @property
     def L(self) -> int:

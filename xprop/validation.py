@@ -195,7 +195,8 @@ def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False)
     length = Y.shape[0] if (Y.ndim == 1 or net.layout == "rows") else Y.shape[1]
     if length != m:
         raise ValueError(f"{name} has {length} examples but X has {m}; they must match")
-    if Y.ndim == 1 and net.output == "softmax":
+    head = net.head
+    if Y.ndim == 1 and head.takes_labels:
         if kind == "f":
             _require_finite(xp, name, Y)
             if not bool(xp.all(Y == xp.floor(Y))):
@@ -228,7 +229,7 @@ def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False)
         )
     Y = xp.astype(Y, net.dtype, copy=False)
     _require_finite(xp, name, Y)
-    if net.output == "softmax":
+    if head.rows_are_distributions:
         tol = tolerance("targets", net.dtype_name)
         sums = xp.sum(Y, axis=1)
         bad = xp.any(Y < 0, axis=1) | (xp.abs(sums - 1) > tol)
