@@ -212,16 +212,25 @@ class ProgressBar(Callback):
         self.bar.set_description(f"epoch {state.epoch}/{state.epochs}")
 
     def on_epoch_end(self, state, record):
-        postfix = {"loss": f"{record['loss']:.4f}"}
+        if self.bar.disable:
+            return False
+        postfix = {"loss": _number(record["loss"], 4)}
         if record["accuracy"] is not None:
-            postfix["acc"] = f"{record['accuracy']:.3f}"
+            postfix["acc"] = _number(record["accuracy"], 3)
         if record["val_loss"] is not None:
-            postfix["val_loss"] = f"{record['val_loss']:.4f}"
+            postfix["val_loss"] = _number(record["val_loss"], 4)
         self.bar.set_postfix(postfix, refresh=False)
         return False
 
     def close(self):
         self.bar.close()
+
+
+def _number(value, digits: int) -> str:
+    """``value`` with ``digits`` decimals; a list (one value per model) as ``[a, b, ...]``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(f"{v:.{digits}f}" for v in value) + "]"
+    return f"{value:.{digits}f}"
 
 
 class UserCallback(Callback):
