@@ -13,6 +13,7 @@ from .io import ModelFileError, load
 from .network import MLP
 from .optim import SGD, Adam
 from .train import History, TrainingDiverged, evaluate, fit
+from .many import fit_many
 
 from .version import __version__
 
@@ -35,6 +36,7 @@ __all__ = [
     "TrainingDiverged",
     "evaluate",
     "fit",
+    "fit_many",
     "load",
     "load_data",
     "load_digits",

@@ -32,6 +32,9 @@ class History:
     are the CuPy memory pool's used and held bytes after each epoch (None on
     NumPy); the pool keeps freed blocks for reuse, so "total" is what
     ``nvidia-smi`` shows for the process, more than the live arrays need.
+    ``diverged`` is None, or (``fit_many``, whose nets diverge one by one)
+    ``{"epoch", "step", "last_finite"}`` where this net's loss became NaN/inf;
+    its weights are then those of its last finite epoch.
     """
 
     epoch: list = field(default_factory=list)
@@ -45,6 +48,7 @@ class History:
     memory_total_bytes: list = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    diverged: dict | None = None
 
     def __len__(self) -> int:
         return len(self.epoch)

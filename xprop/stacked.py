@@ -1,0 +1,654 @@
+"""K nets of one architecture as one stack: the stacked training step and update.
+
+Every parameter of ``K`` nets with the same layer sizes gets a leading model
+axis, and one step trains all of them with batched matrix products
+(``xp.matmul`` over the leading axis: one GEMM per model inside one call on
+NumPy, one strided-batched GEMM on CuPy)::
+
+    A0 = X                                 (K, m, k)    model i's batch in X[i]
+    Z_l = A_{l-1} @ W_l + b_l              (K, m, n_l)  W_l : (K, n_{l-1}, n_l), b_l : (K, 1, n_l)
+    A_l = g_l(Z_l)
+    dZ_L = (A_L − Y) · s                   s : (K, 1, 1), model i's 1/m_i (and SGD's lr)
+    dW_l = A_{l-1}ᵀ @ dZ_l                 (K, n_{l-1}, n_l)
+    db_l = 1ᵀ @ dZ_l                       (K, n_l)
+    dA_{l-1} = dZ_l @ W_lᵀ
+    dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
+
+the equations of :class:`xprop.fast.TrainStep`, operation for operation, with
+a model axis in front: each model's slice of every product and every
+elementwise operation is the very operation ``TrainStep`` performs on that
+model alone (NumPy's batched ``matmul`` calls the same BLAS routine per slice),
+so on NumPy a stacked step gives each model the bits its own step gives.
+
+Models whose batches have different sizes (the last batch of an epoch, k-fold
+training sets of different sizes) share one padded batch of ``m`` rows: the
+rows a model does not have are filled with real examples (finite values) and
+masked. ``s`` becomes ``(K, m, 1)``, holding model i's ``1/m_i`` on its rows
+and 0 on its padding, so the padding's output delta, and with it every
+gradient term it would add, is exactly 0; the cost's row sums take the same
+mask. A model without any batch left in a step is not in the step at all
+(:class:`StackedStep` works on the first ``k ≤ K`` models, which ``fit_many``
+orders by their number of steps).
+
+The parameters of the whole stack are one ``(K, P)`` buffer (row ``i``: model
+i's parameters in the order and layout of ``net.params.flat``) and so are the
+gradients, so :class:`StackedOptimizer` updates every model with a handful of
+whole-buffer operations, each model's hyperparameters a ``(K, 1)`` column.
+
+``out=`` is not in the array API standard: :class:`StackedStep` and the
+buffered update run on NumPy and CuPy; :func:`reference_step` and the plain
+update are the reference, for any namespace, and a test holds them equal.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import kernels
+from .backend import backend_name, take_rows
+from .fast import supports_fast_path
+from .flat import FlatDict
+from .optim import SCRATCH_CHUNK, SGD, Adam
+
+__all__ = ["Stack", "StackedStep", "StackedOptimizer", "reference_step", "ARCHITECTURE_FIELDS"]
+
+# What nets must share to be stacked (MLP attributes), in the order they are compared.
+ARCHITECTURE_FIELDS = ("sizes", "activation", "output", "loss", "dtype_name", "backend", "layout")
+
+
+def _swap(xp, a):
+    """The last two axes swapped (a view)."""
+    mT = getattr(a, "mT", None)
+    return mT if mT is not None else xp.swapaxes(a, -1, -2)
+
+
+class Stack:
+    """The parameters of K nets of one architecture, stacked.
+
+    Parameters
+    ----------
+    nets : list of MLP
+        Same sizes, activation, output, loss, dtype, backend and layout
+        (checked by the caller).
+
+    Attributes
+    ----------
+    params : dict of str to array
+        ``"W1", "b1", ...``, each ``(K, *net.params[name].shape)`` in the
+        nets' layout. On NumPy and CuPy a :class:`~xprop.flat.FlatDict` of
+        views of ``flat``.
+    flat : (K, P) array or None
+        Row ``i`` holds model i's parameters as ``net.params.flat`` does.
+    """
+
+    def __init__(self, nets):
+        net = nets[0]
+        self.net, self.xp, self.K, self.L = net, net.xp, len(nets), net.L
+        self.dtype, self.layout = net.dtype, net.layout
+        self.shapes = {name: tuple(p.shape) for name, p in net.params.items()}
+        self.P = net.n_params
+        self.fast = supports_fast_path(self.xp)
+        xp = self.xp
+        if self.fast:
+            self.flat = xp.empty((self.K, self.P), dtype=self.dtype)
+            self.params = self.views(self.flat)
+        else:
+            self.flat = None
+            self.params = {name: xp.stack([n.params[name] for n in nets]) for name in self.shapes}
+        for i, n in enumerate(nets):
+            self.load(i, n)
+
+    def views(self, flat):
+        """A FlatDict of ``(K, *shape)`` views of a ``(K, P)`` buffer, in the params' order."""
+        xp, views, offset = self.xp, {}, 0
+        for name, shape in self.shapes.items():
+            n = math.prod(shape)
+            views[name] = xp.reshape(flat[:, offset:offset + n], (flat.shape[0],) + shape)
+            offset += n
+        return FlatDict(flat, views)
+
+    def load(self, i, net):
+        """Row ``i`` of the stack := ``net``'s parameters."""
+        if self.fast:
+            src = getattr(net.params, "flat", None)
+            if src is not None:
+                self.flat[i] = src
+                return
+            for name, view in self.params.items():
+                view[i] = net.params[name]
+            return
+        for name in self.shapes:
+            self.params[name][i, ...] = net.params[name]
+
+    def store(self, i, net):
+        """``net``'s parameters := row ``i`` of the stack (in place, the net's own arrays)."""
+        dst = getattr(net.params, "flat", None)
+        if self.fast and dst is not None:
+            dst[...] = self.flat[i]
+            return
+        xp = self.xp
+        for name in self.shapes:
+            if self.fast:
+                net.params[name][...] = self.params[name][i]
+            else:
+                net.params[name] = xp.asarray(self.params[name][i, ...], copy=True)
+
+    def row(self, i) -> dict:
+        """Model i's parameters (copies), keyed like ``net.params``."""
+        xp = self.xp
+        return {name: xp.asarray(p[i, ...], copy=True) for name, p in self.params.items()}
+
+    def layers(self, params, k=None):
+        """``[None, (W_1, b_1), ...]`` of the first ``k`` models as row-layout views.
+
+        ``W_l : (k, n_{l-1}, n_l)``, ``b_l : (k, 1, n_l)``.
+        """
+        xp, out = self.xp, [None]
+        for l in range(1, self.L + 1):
+            W, b = params[f"W{l}"], params[f"b{l}"]
+            if k is not None:
+                W, b = W[:k], b[:k]
+            if self.layout == "columns":              # W_l : (n_l, n_{l-1}), b_l : (n_l, 1)
+                out.append((_swap(xp, W), _swap(xp, b)))
+            else:                                     # W_l : (n_{l-1}, n_l), b_l : (n_l,)
+                out.append((W, xp.reshape(b, (b.shape[0], 1, b.shape[1]))))
+        return out
+
+
+# ------------------------------------------------------------------ the step
+class _Storage:
+    """Flat work arrays for up to ``K`` models × ``capacity`` rows (cf. xprop.fast._Storage)."""
+
+    def __init__(self, net, K, capacity):
+        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net._g
+        hidden = sizes[1:-1]
+        flat = lambda n: xp.empty((K * capacity * n,), dtype=dt)  # noqa: E731
+        self.K, self.capacity = K, capacity
+        self.Z = [None] + [flat(n) for n in sizes[1:]]
+        self.A = [None] + [flat(n) if g.forward_into else None for n in hidden] + [flat(sizes[-1])]
+        self.dA = None if g.backward_inplace else [None] + [flat(n) for n in sizes[1:]]
+        self.dZ_L = flat(sizes[-1])
+        self.tmp = flat(max(hidden)) if (g.backward_inplace and g.scratch and hidden) else None
+        self.row_max, self.row_sum = flat(1), flat(1)
+        self.ones = xp.ones((capacity,), dtype=dt)            # Σ_i as a matrix-vector product
+        self.ones_row = xp.ones((1, 1, capacity), dtype=dt)   # the same, for the cost's row sums
+        self.ones_out = xp.ones((sizes[-1],), dtype=dt)       # Σ_j
+        self.zero = [None] + [xp.zeros((n,), dtype=dt) for n in sizes[1:]]
+
+
+class _Buffers:
+    """Work arrays of ``k`` models × ``m`` rows: ``(k, m, n_l)`` views of a :class:`_Storage`."""
+
+    def __init__(self, net, k, m, storage):
+        xp, sizes, L = net.xp, net.sizes, net.L
+        part = lambda a, n: None if a is None else xp.reshape(a[:k * m * n], (k, m, n))  # noqa: E731
+        self.Z = [None] + [part(storage.Z[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.A = [None] + [part(storage.A[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.dA = self.Z if storage.dA is None else [None] + [
+            part(storage.dA[l], n) for l, n in enumerate(sizes[1:], start=1)]
+        self.dZ_L = part(storage.dZ_L, sizes[-1])
+        self.tmp = [None] * (L + 1)
+        if storage.tmp is not None:
+            for l, n in enumerate(sizes[1:-1], start=1):
+                self.tmp[l] = part(storage.tmp, n)
+        self.row_max = part(storage.row_max, 1)
+        self.row_sum = xp.reshape(storage.row_sum[:k * m], (k, m))
+        self.row_sum_col = part(storage.row_sum, 1)
+        self.ones, self.ones_out, self.zero = storage.ones[:m], storage.ones_out, storage.zero
+        self.ones_row = storage.ones_row[:, :, :m]
+
+
+class StackedStep:
+    """Forward, cost and backward of K models' batches into reused buffers.
+
+    Parameters
+    ----------
+    stack : Stack
+        On NumPy or CuPy.
+
+    ``step(X, Y, s, counts, mask)`` with ``X : (k, m, k_in)`` (model i's batch
+    in ``X[i]``, ``k ≤ K`` the first models of the stack), ``Y : (k, m, n_L)``,
+    ``s : (k, 1, 1)`` or ``(k, m, 1)`` (each model's ``scale/m_i``; 0 on
+    padding rows), ``counts : (k, 1, 1)`` (each model's ``m_i``, the cost's
+    divisor) and ``mask : (k, 1, m)`` (1 on real rows, 0 on padding) or None
+    returns ``(J, A_L, G)``: the costs ``(k,)`` (device), the outputs and the
+    gradients' ``(k, P)`` buffer (the first ``k`` rows of :attr:`grads`),
+    ``s`` times ``Σ_i`` of each model's terms: its mean gradient when
+    ``s = 1/m_i``, ``lr`` times it when ``s = lr/m_i`` (plain SGD, as
+    ``TrainStep(scale=lr)``). Padding rows of ``Y`` must be 0.
+
+    Every returned array is a buffer, overwritten by the next call.
+    """
+
+    def __init__(self, stack):
+        if not stack.fast:
+            raise TypeError(f"StackedStep needs NumPy or CuPy; the nets run on {stack.net.backend}")
+        self.stack, self.net, self.xp = stack, stack.net, stack.xp
+        net, xp = self.net, self.xp
+        self._softmax_ce = net.output == "softmax" and net.loss == "cross_entropy"
+        self.use_kernels = backend_name(xp) == "cupy"
+        self._storage = None
+        self._buffers = {}
+        self.grads = stack.views(xp.empty((stack.K, stack.P), dtype=stack.dtype))
+        self._grad_views = {}
+        self._layer_views = {}
+
+    def buffers(self, k, m) -> _Buffers:
+        buf = self._buffers.get((k, m))
+        if buf is None:
+            if self._storage is None or m > self._storage.capacity:
+                self._storage, self._buffers = _Storage(self.net, self.stack.K, m), {}
+            buf = self._buffers[(k, m)] = _Buffers(self.net, k, m, self._storage)
+        return buf
+
+    def _layers(self, k):
+        """Row-layout views of the first ``k`` models' parameters (made once per k)."""
+        layers = self._layer_views.get(k)
+        if layers is None:
+            layers = self._layer_views[k] = self.stack.layers(self.stack.params, k)
+        return layers
+
+    def _gradient_views(self, k):
+        """``(G, dW, db)`` of the first ``k`` models: ``dW[l] : (k, n_{l-1}, n_l)``, ``db[l] : (k, n_l)``."""
+        views = self._grad_views.get(k)
+        if views is None:
+            xp, L, grads = self.xp, self.net.L, self.grads
+            dW, db = [None], [None]
+            for l in range(1, L + 1):
+                W, b = grads[f"W{l}"][:k], grads[f"b{l}"][:k]
+                if self.stack.layout == "columns":
+                    dW.append(_swap(xp, W))
+                    db.append(xp.reshape(b, (k, b.shape[1])))
+                else:
+                    dW.append(W)
+                    db.append(b)
+            views = self._grad_views[k] = (grads.flat[:k], dW, db)
+        return views
+
+    def __call__(self, X, Y, s, counts, mask=None, row_counts=None):
+        net, xp, L = self.net, self.xp, self.net.L
+        k, m = X.shape[0], X.shape[1]
+        buf = self._buffers.get((k, m)) or self.buffers(k, m)
+        g = net._g
+        layers = self._layers(k)
+        G, dW, db = self._gradient_views(k)
+        J, AL, Z = self._forward_cost(X, Y, buf, layers, counts, mask, row_counts)
+
+        # ---- output delta, times each model's s = scale_i / m_i (0 on padding rows)
+        dZ = buf.dZ_L
+        if self._softmax_ce or net.fused:
+            if self.use_kernels:
+                dZ = kernels.output_delta(AL, Y, s)          # dZ_L · s = (A_L − Y) · s
+            else:
+                xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
+                dZ *= s
+        else:
+            dA_L = net._loss.grad(xp, Z, AL, Y)              # elementwise for every loss
+            if net.output == "softmax":                      # the softmax Jacobian works row by row
+                dZ[...] = xp.stack([net._g_out.backward(xp, dA_L[i], Z[i], AL[i]) for i in range(k)])
+            else:
+                dZ[...] = net._g_out.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
+            dZ *= s
+
+        # ---- backward
+        fused = kernels.BACKWARD.get(net.activation) if self.use_kernels else None
+        for l in range(L, 0, -1):
+            W, _ = layers[l]
+            A_prev = X if l == 1 else buf.A[l - 1]
+            if row_counts is None:
+                xp.matmul(_swap(xp, A_prev), dZ, out=dW[l])  # dW_l = A_{l-1}ᵀ dZ_l · s
+                xp.matmul(buf.ones, dZ, out=db[l])           # db_l = Σ_i dZ_l · s
+            else:   # a padded batch: each model's sums over its own rows, as its own step sums them
+                for i, c in enumerate(row_counts):
+                    xp.matmul(A_prev[i, :c].T, dZ[i, :c], out=dW[l][i])
+                    xp.matmul(buf.ones[:c], dZ[i, :c], out=db[l][i])
+            if l > 1:
+                dA = xp.matmul(dZ, _swap(xp, W), out=buf.dA[l - 1])   # dA_{l-1} = dZ_l W_lᵀ
+                if fused is not None:                        # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
+                    dZ = fused(dA, A_prev)
+                elif g.backward_inplace:
+                    dZ = g.backward_inplace(xp, dA, A_prev, buf.tmp[l - 1])
+                else:
+                    dZ = g.backward(xp, dA, buf.Z[l - 1], A_prev)
+        return J, AL, G
+
+    def cost(self, X, Y, counts, mask=None, row_counts=None):
+        """``(J, A_L)`` of K models' batches: forward pass and cost, into the same buffers."""
+        k, m = X.shape[0], X.shape[1]
+        buf = self._buffers.get((k, m)) or self.buffers(k, m)
+        J, AL, _ = self._forward_cost(X, Y, buf, self._layers(k), counts, mask, row_counts)
+        return J, AL
+
+    def _forward_cost(self, X, Y, buf, layers, counts, mask, row_counts):
+        net, xp, L = self.net, self.xp, self.net.L
+        k, m, g = X.shape[0], X.shape[1], net._g
+
+        # ---- forward: Z_l = A_{l-1} W_l + b_l, A_l = g_l(Z_l)
+        A = X
+        for l in range(1, L):
+            W, b = layers[l]
+            Z = xp.matmul(A, W, out=buf.Z[l])
+            Z += b
+            if g.forward_into:
+                A = g.forward_into(xp, Z, buf.A[l], buf.zero[l])
+            else:
+                A = buf.A[l] = g.forward(xp, Z)
+        W, b = layers[L]
+        Z = xp.matmul(A, W, out=buf.Z[L])
+        Z += b
+
+        # ---- output layer and cost
+        if not self._softmax_ce:
+            if net.output == "softmax":
+                AL = xp.stack([net._g_out.forward(xp, Z[i]) for i in range(k)])
+            else:
+                AL = net._g_out.forward(xp, Z)
+            return _loss_values(net, xp, Z, AL, Y, row_counts, k, m), AL, Z
+        AL = buf.A[L]
+        M, S, S_col = buf.row_max, buf.row_sum, buf.row_sum_col
+        Z.max(axis=2, keepdims=True, out=M)
+        xp.subtract(Z, M, out=AL)                            # Z − M ≤ 0: exp cannot overflow
+        n = AL.shape[2]
+        if row_counts is None:
+            # Σ_ij Y_ij (Z_ij − M_i) per model, as a (1 × mn)·(mn × 1) product
+            YZ = xp.matmul(xp.reshape(Y, (k, 1, m * n)), xp.reshape(AL, (k, m * n, 1)))
+        else:                                                # a padded batch: each model's own rows
+            YZ = [xp.vdot(Y[i, :c], AL[i, :c]) for i, c in enumerate(row_counts)]
+        xp.exp(AL, out=AL)
+        xp.matmul(AL, buf.ones_out, out=S)                   # S_i = Σ_j e^{Z_ij − M_i}
+        AL /= S_col                                          # A_L = softmax(Z_L)
+        xp.log(S, out=S)                                     # S ≥ 1: no guard needed
+        if row_counts is None:
+            J = (xp.matmul(buf.ones_row, S_col) - YZ) / counts   # (1/m_i) Σ_i −log A_{i,y_i}
+            return xp.reshape(J, (k,)), AL, Z
+        zero = xp.zeros((), dtype=AL.dtype)
+        J = xp.stack([(xp.vdot(buf.ones[:c], S[i, :c]) - YZ[i]) / c if c else zero
+                      for i, c in enumerate(row_counts)])
+        return J, AL, Z
+
+
+def _loss_values(net, xp, Z, AL, Y, row_counts, k, m):
+    """Each model's cost over its real rows, with the loss registry's own function."""
+    counts = row_counts if row_counts is not None else [m] * k
+    zero = xp.zeros((), dtype=Z.dtype)                       # a model with no rows in this batch
+    return xp.stack([net._loss.value(xp, Z[i, :counts[i]], AL[i, :counts[i]], Y[i, :counts[i]])
+                     if counts[i] else zero for i in range(k)])
+
+
+def reference_step(stack):
+    """The plain stacked step (any array-API namespace): the reference of :class:`StackedStep`.
+
+    ``step(X, Y, s, counts, mask=None, row_counts=None)`` as
+    :class:`StackedStep`, returning ``(J, A_L, grads)`` with ``grads`` a dict
+    ``"W1", "b1", ...`` of ``(k, *shape)`` arrays (no flat buffer); every
+    array is new.
+    """
+    net, xp, L = stack.net, stack.xp, stack.L
+
+    def forward(X, k):
+        layers = stack.layers(stack.params, k)
+        cache = {"A0": X}
+        A = X
+        for l in range(1, L + 1):
+            W, b = layers[l]
+            Z = xp.matmul(A, W) + b                          # Z_l = A_{l-1} W_l + b_l
+            if l < L:
+                A = net._g.forward(xp, Z)
+            elif net.output == "softmax":                    # rows of each model
+                A = xp.stack([_softmax_rows(xp, Z[i]) for i in range(k)])
+            else:
+                A = net._g_out.forward(xp, Z)
+            cache[f"Z{l}"], cache[f"A{l}"] = Z, A
+        return layers, cache
+
+    def cost(X, Y, counts, mask=None, row_counts=None):
+        k, m = X.shape[0], X.shape[1]
+        _, cache = forward(X, k)
+        Z, AL = cache[f"Z{L}"], cache[f"A{L}"]
+        return _loss_values(net, xp, Z, AL, Y, row_counts, k, m), AL, Z, cache
+
+    def step(X, Y, s, counts, mask=None, row_counts=None):
+        k = X.shape[0]
+        J, AL, Z, cache = cost(X, Y, counts, mask, row_counts)
+        layers = stack.layers(stack.params, k)
+        if net.fused:
+            dZ = AL - Y                                      # dZ_L = A_L − Y
+        else:
+            dA = net._loss.grad(xp, Z, AL, Y)
+            if net.output == "softmax":
+                dZ = xp.stack([net._g_out.backward(xp, dA[i], Z[i], AL[i]) for i in range(k)])
+            else:
+                dZ = net._g_out.backward(xp, dA, Z, AL)     # dZ_L = dA_L ∘ g_L'(Z_L)
+        dZ = dZ * s
+        grads = {}
+        for l in range(L, 0, -1):
+            W, _ = layers[l]
+            A_prev = cache[f"A{l - 1}"]
+            dW = xp.matmul(_swap(xp, A_prev), dZ)            # dW_l = A_{l-1}ᵀ dZ_l · s
+            db = xp.sum(dZ, axis=1)                          # db_l = Σ_i dZ_l · s
+            if stack.layout == "columns":
+                dW, db = _swap(xp, dW), xp.reshape(db, (k, db.shape[1], 1))
+            grads[f"W{l}"], grads[f"b{l}"] = dW, db
+            if l > 1:
+                dA = xp.matmul(dZ, _swap(xp, W))             # dA_{l-1} = dZ_l W_lᵀ
+                dZ = net._g.backward(xp, dA, cache[f"Z{l - 1}"], A_prev)
+        return J, AL, {name: grads[name] for name in stack.shapes}
+
+    step.cost = lambda X, Y, counts, mask=None, row_counts=None: cost(X, Y, counts, mask, row_counts)[:2]
+    return step
+
+
+def _softmax_rows(xp, Z):
+    E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
+    return E / xp.sum(E, axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------ the update
+class StackedOptimizer:
+    """K optimizers of one class (SGD or Adam) as one update of the stack.
+
+    Parameters
+    ----------
+    optimizers : list of Optimizer
+        One per model, all of the same class (exactly ``SGD`` or ``Adam``),
+        each with its own hyperparameters; their existing state (``t > 0``)
+        is where each model's continues from.
+    stack : Stack
+
+    Each hyperparameter is a ``(K, 1)`` column in the nets' dtype, broadcast
+    over the ``(K, P)`` buffers; the step counts ``t : (K,)`` live on the
+    host. :meth:`step` updates the models of the given row ranges only: a
+    model without a batch in a step, or frozen, keeps its parameters, its
+    state and its ``t``. Each model's update is the one its optimizer's
+    whole-buffer update performs, operation for operation (the bias
+    corrections computed on the host in Python floats, as there).
+    """
+
+    def __init__(self, optimizers, stack):
+        cls = type(optimizers[0])
+        if cls not in (SGD, Adam):
+            raise TypeError(f"fit_many stacks the updates of SGD and Adam; got {cls.__name__}")
+        self.cls, self.opts, self.stack, self.xp = cls, list(optimizers), stack, stack.xp
+        xp, K, dt = self.xp, stack.K, stack.dtype
+        import numpy  # noqa: PLC0415  (host bookkeeping: step counts)
+
+        self.t = numpy.asarray([o.t for o in optimizers], dtype=numpy.int64)
+        col = lambda values: xp.reshape(xp.asarray(values, dtype=dt), (K, 1))  # noqa: E731
+        self.fast = stack.fast
+        if cls is SGD:
+            # plain SGD members get lr·∇J from the step (lr folded into s, as fit does):
+            # their update is P −= G, i.e. lr 1, momentum 0, weight decay 0 below.
+            self.scale = [o.grad_scale() for o in optimizers]
+            plain = [sc is not None for sc in self.scale]
+            self.all_plain = all(plain)
+            self.lr = col([1.0 if p else o.lr for o, p in zip(optimizers, plain)])
+            self.momentum = col([o.momentum for o in optimizers])
+            self.weight_decay = col([o.weight_decay for o in optimizers])
+            self.any_momentum = any(o.momentum for o in optimizers)
+            self.any_decay = any(o.weight_decay for o in optimizers)
+            self.nesterov = [o.nesterov for o in optimizers]
+            self.state_names = ("v",) if self.any_momentum else ()
+        else:
+            self.scale = [None] * K
+            self.b1 = [o.betas[0] for o in optimizers]
+            self.b2 = [o.betas[1] for o in optimizers]
+            self.beta1, self.beta2 = col(self.b1), col(self.b2)
+            self.one_minus_b1 = col([1 - b for b in self.b1])
+            self.one_minus_b2 = col([1 - b for b in self.b2])
+            self.eps = col([o.eps for o in optimizers])
+            self.lr_host = [o.lr for o in optimizers]
+            self.weight_decay = col([o.weight_decay for o in optimizers])
+            self.any_decay = any(o.weight_decay for o in optimizers)
+            self.nesterov = [False] * K
+            self.state_names = ("m", "v")
+        shape = (K, stack.P)
+        if self.fast:
+            self.state = {s: stack.views(xp.zeros(shape, dtype=dt)) for s in self.state_names}
+        else:
+            self.state = {s: {name: xp.zeros((K,) + sh, dtype=dt) for name, sh in stack.shapes.items()}
+                          for s in self.state_names}
+        for i, o in enumerate(optimizers):
+            for name, st in o.state.items():
+                for s, arr in st.items():
+                    if s in self.state:
+                        self.state[s][name][i, ...] = xp.asarray(arr, dtype=dt)
+        self._scratch = None
+        self.use_kernels = backend_name(xp) == "cupy"
+
+    def runs(self, active):
+        """Row ranges ``[(a, b), ...]`` of the True entries of ``active`` with the same rule."""
+        out, a = [], None
+        for i, on in enumerate(list(active) + [False]):
+            if a is not None and (not on or self.nesterov[i] != self.nesterov[a]):
+                out.append((a, i))
+                a = None
+            if on and a is None:
+                a = i
+        return out
+
+    def step(self, params, grads, runs):
+        """Update the models of ``runs`` in place from ``grads`` (dicts of ``(K, ...)`` arrays).
+
+        On NumPy and CuPy ``params`` and ``grads`` are FlatDicts of the
+        stack's layout and the update runs on their ``(K, P)`` buffers
+        (``grads`` is used as work space); elsewhere parameter by parameter.
+        """
+        for a, b in runs:
+            self.t[a:b] += 1
+            if self.fast:
+                state = {s: buf.flat[a:b] for s, buf in self.state.items()}
+                self._update_fast(params.flat[a:b], grads.flat[a:b], state, a, b)
+            else:
+                for name in params:
+                    state = {s: self.state[s][name][a:b] for s in self.state_names}
+                    new = self._update(params[name][a:b], grads[name][a:b], state, a, b)
+                    params[name][a:b, ...] = new[0]
+                    for s, value in new[1].items():
+                        self.state[s][name][a:b, ...] = value
+
+    # -- per-run host columns of the bias corrections (Python floats, as Adam computes them)
+    def _bias_columns(self, a, b):
+        xp, dt = self.xp, self.stack.dtype
+        t = [int(v) for v in self.t[a:b]]
+        c2 = [math.sqrt(1 - b2 ** tt) for b2, tt in zip(self.b2[a:b], t)]
+        ss = [lr / (1 - b1 ** tt) for lr, b1, tt in zip(self.lr_host[a:b], self.b1[a:b], t)]
+        return (xp.reshape(xp.asarray(c2, dtype=dt), (b - a, 1)),
+                xp.reshape(xp.asarray(ss, dtype=dt), (b - a, 1)))
+
+    def _update_fast(self, P, G, state, a, b):
+        xp = self.xp
+        if self.cls is SGD:
+            if self.all_plain:
+                P -= G                                       # P = P − (lr · g)
+                return
+            if self.any_decay:
+                G += self.weight_decay[a:b] * P              # g = dP + wd · P
+            g = G
+            if self.any_momentum:
+                mu, v = self.momentum[a:b], state["v"]
+                v *= mu
+                v += G                                       # v = μ v + g
+                if self.nesterov[a]:
+                    G += mu * v                              # g + μ v
+                else:
+                    g = v
+            xp.multiply(g, self.lr[a:b], out=G)
+            P -= G                                           # P = P − lr · g
+            return
+        # Adam
+        c2, ss = self._bias_columns(a, b)
+        if self.any_decay:
+            G += self.weight_decay[a:b] * P
+        m, v = state["m"], state["v"]
+        b1, b2, eps = self.beta1[a:b], self.beta2[a:b], self.eps[a:b]
+        if self.use_kernels:                                 # CuPy: one fused kernel
+            new_p, new_m, new_v = kernels.adam_update(P, G, m, v, b1, b2, c2, eps, ss)
+            xp.copyto(P, new_p)
+            xp.copyto(m, new_m)
+            xp.copyto(v, new_v)
+            return
+        m *= b1
+        k, n = G.shape
+        width = max(1, SCRATCH_CHUNK // k)               # (1 − β1)·g through a bounded scratch
+        if self._scratch is None or self._scratch.shape[1] < min(width, n) or self._scratch.shape[0] < k:
+            self._scratch = xp.empty((self.stack.K, min(width, n)), dtype=G.dtype)
+        c1 = self.one_minus_b1[a:b]
+        for lo in range(0, n, width):
+            hi = min(lo + width, n)
+            tmp = self._scratch[:k, :hi - lo]
+            xp.multiply(G[:, lo:hi], c1, out=tmp)
+            m[:, lo:hi] += tmp                           # m = β1 m + (1 − β1) g
+        # g is read for the last time below: the rest runs in G itself
+        v *= b2
+        xp.multiply(G, G, out=G)
+        G *= self.one_minus_b2[a:b]
+        v += G                                           # v = β2 v + (1 − β2) g²
+        xp.sqrt(v, out=G)
+        G /= c2
+        G += eps                                         # √v / √(1 − β2ᵗ) + eps
+        xp.divide(m, G, out=G)
+        G *= ss
+        P -= G                                           # P −= lr/(1 − β1ᵗ) · m / (...)
+
+    def _update(self, p, g, state, a, b):
+        """The plain update of one stacked parameter (any namespace): ``(p, state)`` new."""
+        xp = self.xp
+        col = lambda c: xp.reshape(c, (b - a,) + (1,) * (p.ndim - 1))  # noqa: E731
+        if self.cls is SGD:
+            if self.all_plain:
+                return p - g, {}
+            if self.any_decay:
+                g = g + col(self.weight_decay[a:b]) * p
+            new = {}
+            if self.any_momentum:
+                v = col(self.momentum[a:b]) * state["v"] + g
+                new["v"] = v
+                g = g + col(self.momentum[a:b]) * v if self.nesterov[a] else v
+            return p - col(self.lr[a:b]) * g, new
+        c2, ss = self._bias_columns(a, b)
+        if self.any_decay:
+            g = g + col(self.weight_decay[a:b]) * p
+        m = col(self.beta1[a:b]) * state["m"] + col(self.one_minus_b1[a:b]) * g
+        v = col(self.beta2[a:b]) * state["v"] + col(self.one_minus_b2[a:b]) * (g * g)
+        denom = xp.sqrt(v) / col(c2) + col(self.eps[a:b])
+        return p - col(ss) * (m / denom), {"m": m, "v": v}
+
+    def member_state(self, i) -> dict:
+        """Model i's state as its optimizer's ``state_dict()`` would hold it (copies)."""
+        xp = self.xp
+        own = self.opts[i].state_names
+        arrays = {f"{name}.{s}": xp.asarray(self.state[s][name][i, ...], copy=True)
+                  for s in self.state_names if s in own for name in self.stack.shapes}
+        return {"t": int(self.t[i]), "arrays": arrays}
+
+    def write_back(self, params_of) -> None:
+        """Give every optimizer its model's state and step count (``params_of(i)``: its net's params)."""
+        for i, opt in enumerate(self.opts):
+            opt.load_state_dict(self.member_state(i), params_of(i))
+
+
+def gather_rows(xp, fast, src, idx, out):
+    """``src[idx]`` into ``out`` (NumPy, CuPy) or as a new array."""
+    if fast:
+        return take_rows(xp, src, idx, out)
+    return xp.take(src, idx, axis=0)
