@@ -42,6 +42,7 @@ updated and, with patience, gets its best weights back, as ``fit`` does.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -352,8 +353,8 @@ def _read_checkpoint(path, stack, opt, best, members, config):
         raise ValueError(f"checkpoint {str(path)!r} holds {meta['K']} nets trained with other sizes or "
                          f"rows; resume needs the same {stack.K} nets, rows and batch size")
     saved = meta["optimizer"]
-    if saved["name"] != opt.opts[0].name or saved["hyperparameters"] != [
-            o.hyperparameters() for o in opt.opts]:
+    if saved["name"] != opt.opts[0].name or saved["hyperparameters"] != json.loads(json.dumps(
+            [o.hyperparameters() for o in opt.opts])):
         raise ValueError(f"checkpoint {str(path)!r} was written with other optimizers "
                          f"({saved['name']} {saved['hyperparameters']}); resume needs the same ones")
     for key in ("batch_size", "shuffle", "seeds", "validation"):
