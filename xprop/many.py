@@ -279,7 +279,7 @@ class _Gather:
             self.Yb = xp.empty((K * capacity, self.n_out), dtype=net.dtype)
             self.lab = xp.empty((K * capacity,), dtype=xp.int64)
 
-    def __call__(self, src, idx, k, m, pads, mask):
+    def __call__(self, src, idx, k, m):
         xp, n = self.xp, k * m
         if self.fast:
             Xb = gather_rows(xp, True, src.X, idx, self.Xb[:n])
@@ -294,12 +294,6 @@ class _Gather:
                   else xp.take(self.eye, xp.take(src.labels, idx, axis=0), axis=0))
         Xb = xp.reshape(Xb, (k, m, self.k_in))
         Yb = xp.reshape(Yb, (k, m, self.n_out))
-        if pads:
-            if not self.fast:
-                Yb = Yb * xp.reshape(mask, (k, m, 1))
-            else:
-                for j, c in pads:                          # padding rows have no target
-                    Yb[j, c:] = 0
         return Xb, Yb
 
 
@@ -555,7 +549,7 @@ def fit_many(nets, X, Y, epochs=20, batch_size=128, optimizer=None, validation=N
                 for k, m, n, offset, consts, s in plan.steps:
                     s_col, counts, mask, row_counts, valid, pads = consts
                     idx = idx_all[offset:offset + k * m]
-                    Xb, Yb = gather(source, idx, k, m, pads, mask)
+                    Xb, Yb = gather(source, idx, k, m)
                     J, AL, G = step(Xb, Yb, s_col, counts, mask, row_counts)
                     losses[s, :k] = J
                     if source.truth is not None:
@@ -704,7 +698,7 @@ def _validate(step, stack, plan, idx_all, src, gather, fast):
         for k, m, n, offset, consts, _ in plan.steps:
             _, counts, mask, row_counts, valid, pads = consts
             idx = idx_all[offset:offset + k * m]
-            Xb, Yb = gather(src, idx, k, m, pads, mask)
+            Xb, Yb = gather(src, idx, k, m)
             J, AL = step.cost(Xb, Yb, counts, mask, row_counts)
             losses.append(J)
             truth_b = xp.reshape(xp.take(src.truth, idx, axis=0), (k, m)) if src.truth is not None else None

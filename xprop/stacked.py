@@ -215,7 +215,9 @@ class StackedStep:
     gradients' ``(k, P)`` buffer (the first ``k`` rows of :attr:`grads`),
     ``s`` times ``Σ_i`` of each model's terms: its mean gradient when
     ``s = 1/m_i``, ``lr`` times it when ``s = lr/m_i`` (plain SGD, as
-    ``TrainStep(scale=lr)``). Padding rows of ``Y`` must be 0.
+    ``TrainStep(scale=lr)``). Padding rows may hold anything finite: their
+    delta is multiplied by 0 and the sums of a padded batch (``row_counts``
+    given) run over each model's own rows.
 
     Every returned array is a buffer, overwritten by the next call.
     """
