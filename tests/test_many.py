@@ -175,6 +175,31 @@ def test_validation_pair_and_no_shuffle():
     assert_same(nets, alone, hists, h_alone, "float64")
 
 
+def test_any_array_api_namespace_through_the_plain_reference():
+    """array-api-strict: the stacked reference step and update against fit's plain step.
+
+    (Sizes divisible by the batch: fit itself slices past the end of a strict array.)"""
+    import array_api_strict as strict
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 5))
+    Y = np.tanh(X[:, :3])
+    rows = [np.arange(48), np.arange(32)]
+    for opt in (xprop.SGD(lr=0.1, momentum=0.9), xprop.Adam(lr=0.01), xprop.SGD(lr=0.1)):
+        nets = [xprop.MLP([5, 4, 3], output="identity", backend="numpy", dtype="float64", seed=i).to(strict)
+                for i in range(2)]
+        alone, h_alone = [], []
+        for i, net in enumerate(nets):
+            own = net.to()
+            h_alone.append(xprop.fit(own, strict.asarray(X[rows[i]]), strict.asarray(Y[rows[i]]), epochs=2,
+                                     batch_size=8, progress=False, optimizer=fresh(opt), seed=i))
+            alone.append(own)
+        hists = xprop.fit_many(nets, strict.asarray(X), strict.asarray(Y), epochs=2, batch_size=8,
+                               progress=False, rows=rows, optimizer=opt, seed=[0, 1])
+        assert all(n.xp is strict for n in nets)
+        assert_same([n.to(np) for n in nets], [a.to(np) for a in alone], hists, h_alone, "float64")
+
+
 # ------------------------------------------------------------ trouble of one's own
 def regression(m=120):
     rng = np.random.default_rng(0)

@@ -147,7 +147,7 @@ class Stack:
         for l in range(1, self.L + 1):
             W, b = params[f"W{l}"], params[f"b{l}"]
             if k is not None:
-                W, b = W[:k], b[:k]
+                W, b = W[:k, ...], b[:k, ...]
             if self.layout == "columns":              # W_l : (n_l, n_{l-1}), b_l : (n_l, 1)
                 out.append((_swap(xp, W), _swap(xp, b)))
             else:                                     # W_l : (n_{l-1}, n_l), b_l : (n_l,)
@@ -373,7 +373,7 @@ def _loss_values(net, xp, Z, AL, Y, row_counts, k, m):
     """Each model's cost over its real rows, with the loss registry's own function."""
     counts = row_counts if row_counts is not None else [m] * k
     zero = xp.zeros((), dtype=Z.dtype)                       # a model with no rows in this batch
-    return xp.stack([net._loss.value(xp, Z[i, :counts[i]], AL[i, :counts[i]], Y[i, :counts[i]])
+    return xp.stack([net._loss.value(xp, Z[i, :counts[i], :], AL[i, :counts[i], :], Y[i, :counts[i], :])
                      if counts[i] else zero for i in range(k)])
 
 
@@ -397,7 +397,7 @@ def reference_step(stack):
             if l < L:
                 A = net._g.forward(xp, Z)
             elif net.output == "softmax":                    # rows of each model
-                A = xp.stack([_softmax_rows(xp, Z[i]) for i in range(k)])
+                A = xp.stack([_softmax_rows(xp, Z[i, ...]) for i in range(k)])
             else:
                 A = net._g_out.forward(xp, Z)
             cache[f"Z{l}"], cache[f"A{l}"] = Z, A
@@ -418,7 +418,7 @@ def reference_step(stack):
         else:
             dA = net._loss.grad(xp, Z, AL, Y)
             if net.output == "softmax":
-                dZ = xp.stack([net._g_out.backward(xp, dA[i], Z[i], AL[i]) for i in range(k)])
+                dZ = xp.stack([net._g_out.backward(xp, dA[i, ...], Z[i, ...], AL[i, ...]) for i in range(k)])
             else:
                 dZ = net._g_out.backward(xp, dA, Z, AL)     # dZ_L = dA_L ∘ g_L'(Z_L)
         dZ = dZ * s
@@ -480,7 +480,8 @@ class StackedOptimizer:
         if cls is SGD:
             # plain SGD members get lr·∇J from the step (lr folded into s, as fit does):
             # their update is P −= G, i.e. lr 1, momentum 0, weight decay 0 below.
-            self.scale = [o.grad_scale() for o in optimizers]
+            # (fit folds lr only into its fast step; the plain reference steps with lr·g as well)
+            self.scale = [o.grad_scale() if stack.fast else None for o in optimizers]
             plain = [sc is not None for sc in self.scale]
             self.all_plain = all(plain)
             self.lr = col([1.0 if p else o.lr for o, p in zip(optimizers, plain)])
@@ -542,8 +543,8 @@ class StackedOptimizer:
                 self._update_fast(params.flat[a:b], grads.flat[a:b], state, a, b)
             else:
                 for name in params:
-                    state = {s: self.state[s][name][a:b] for s in self.state_names}
-                    new = self._update(params[name][a:b], grads[name][a:b], state, a, b)
+                    state = {s: self.state[s][name][a:b, ...] for s in self.state_names}
+                    new = self._update(params[name][a:b, ...], grads[name][a:b, ...], state, a, b)
                     params[name][a:b, ...] = new[0]
                     for s, value in new[1].items():
                         self.state[s][name][a:b, ...] = value
@@ -620,19 +621,19 @@ class StackedOptimizer:
             if self.all_plain:
                 return p - g, {}
             if self.any_decay:
-                g = g + col(self.weight_decay[a:b]) * p
+                g = g + col(self.weight_decay[a:b, ...]) * p
             new = {}
             if self.any_momentum:
-                v = col(self.momentum[a:b]) * state["v"] + g
+                v = col(self.momentum[a:b, ...]) * state["v"] + g
                 new["v"] = v
-                g = g + col(self.momentum[a:b]) * v if self.nesterov[a] else v
-            return p - col(self.lr[a:b]) * g, new
+                g = g + col(self.momentum[a:b, ...]) * v if self.nesterov[a] else v
+            return p - col(self.lr[a:b, ...]) * g, new
         c2, ss = self._bias_columns(a, b)
         if self.any_decay:
-            g = g + col(self.weight_decay[a:b]) * p
-        m = col(self.beta1[a:b]) * state["m"] + col(self.one_minus_b1[a:b]) * g
-        v = col(self.beta2[a:b]) * state["v"] + col(self.one_minus_b2[a:b]) * (g * g)
-        denom = xp.sqrt(v) / col(c2) + col(self.eps[a:b])
+            g = g + col(self.weight_decay[a:b, ...]) * p
+        m = col(self.beta1[a:b, ...]) * state["m"] + col(self.one_minus_b1[a:b, ...]) * g
+        v = col(self.beta2[a:b, ...]) * state["v"] + col(self.one_minus_b2[a:b, ...]) * (g * g)
+        denom = xp.sqrt(v) / col(c2) + col(self.eps[a:b, ...])
         return p - col(ss) * (m / denom), {"m": m, "v": v}
 
     def member_state(self, i) -> dict:
