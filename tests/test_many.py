@@ -410,3 +410,48 @@ def test_stacked_update_equals_its_reference(opts):
         assert rel(p, plain_stack.params[name]) <= tolerance("fast", "float64"), name
         assert np.array_equal(p[1], nets[1].params[name]), "a net left out of the step was changed"
     assert list(fast_opt.t) == [3, 0, 3]
+
+
+# ------------------------------------------------------------ memory
+# As tests/test_memory.py: the nets and the data exist before tracing starts; the budget of one
+# net is params + optimizer state + one batch's forward cache (X_b and every Z_l, A_l), and fit
+# may also keep 12 bytes an example (the epoch's permutation and the predicted class) and each
+# step's loss. fit_many's stack is a traced copy of the params, and its gradients one more; the
+# nets' own arrays hold the last finite epoch (what a diverging net is frozen at).
+def traced_many(sizes, B, K, optimizer, batches=4, epochs=1):
+    rng = np.random.default_rng(0)
+    m = batches * B
+    X = rng.standard_normal((m, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], m)
+    xprop.fit_many(make_nets(2, sizes=sizes, dtype="float32"), X[:64], y[:64], epochs=1, batch_size=32,
+                   progress=False, optimizer=fresh(optimizer))      # imports and one-time setup
+    nets = make_nets(K, sizes=sizes, dtype="float32")
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        xprop.fit_many(nets, X, y, epochs=epochs, batch_size=B, optimizer=optimizer, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    P = nets[0].n_params * 4
+    state = P * len(optimizer.state_names)
+    cache = B * (sizes[0] + 2 * sum(sizes[1:])) * 4
+    per_example = (4 + 4 + 4) * m * K         # each model's permutation, epoch order and step indices
+    per_step = 256 * batches * epochs
+    return peak, P, state, cache, per_example + per_step
+
+
+@pytest.mark.parametrize("sizes, B, K", [([784, 256, 128, 10], 128, 8), ([256, 384, 128, 10], 128, 4)])
+def test_fit_many_with_adam_peaks_within_k_budgets(sizes, B, K):
+    peak, P, state, cache, extra = traced_many(sizes, B, K, xprop.Adam())
+    allowed = 1.3 * K * (P + state + cache) + extra
+    assert peak <= allowed, f"fit_many peaked at {peak:,} bytes, over {allowed:,.0f} (K={K})"
+
+
+def test_fit_many_with_sgd_holds_one_params_more_per_net():
+    """Plain SGD has no state to hide the stack's copy in: K budgets plus K params."""
+    sizes, B, K = [256, 384, 128, 10], 128, 4
+    peak, P, state, cache, extra = traced_many(sizes, B, K, xprop.SGD(lr=0.01))
+    allowed = 1.3 * K * (P + state + cache + P) + extra
+    assert peak <= allowed, f"fit_many peaked at {peak:,} bytes, over {allowed:,.0f} (K={K})"

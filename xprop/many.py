@@ -137,9 +137,11 @@ def _own_copy(opt):
 
 
 def _rows(rows, K, N):
-    """K host int64 index arrays into X (None: every model trains on all N rows)."""
+    """K host index arrays into X (None: every model trains on all N rows); int32 where N allows,
+    4 bytes an example like fit's permutation."""
+    itype = _index_type(N)
     if rows is None:
-        return [numpy.arange(N, dtype=numpy.int64)] * K
+        return [numpy.arange(N, dtype=itype)] * K
     if not isinstance(rows, (list, tuple)):
         raise TypeError(f"rows must be None or a list of {K} index arrays; got {type(rows).__name__}")
     if len(rows) != K:
@@ -155,8 +157,12 @@ def _rows(rows, K, N):
         if a.min() < -N or a.max() >= N:
             raise IndexError(f"rows[{i}] holds indices outside X's {N} rows "
                              f"(from {int(a.min())} to {int(a.max())})")
-        out.append(numpy.where(a < 0, a + N, a).astype(numpy.int64))
+        out.append(numpy.where(a < 0, a + N, a).astype(itype))
     return out
+
+
+def _index_type(N):
+    return numpy.int32 if N < 2**31 else numpy.int64
 
 
 def _callbacks(callbacks, K):
@@ -248,13 +254,14 @@ class _Plan:
         return s, counts, mask, list(n), xp.asarray(valid), pads
 
     def indices(self, orders):
-        """All steps' row indices, one host int64 array (step after step, ``k × m`` each)."""
-        out = numpy.empty((self.total,), dtype=numpy.int64)
+        """All steps' row indices, one host array (step after step, ``k × m`` each)."""
+        out = numpy.empty((self.total,), dtype=orders[0].dtype)
         done = 0
         if self.regular:
             B, R = self.batch[0], self.regular
-            block = numpy.stack([o[:R * B] for o in orders]).reshape(self.K, R, B)
-            out[:R * self.K * B] = block.transpose(1, 0, 2).ravel()
+            block = out[:R * self.K * B].reshape(R, self.K, B)
+            for j, o in enumerate(orders):
+                block[:, j, :] = o[:R * B].reshape(R, B)
             done = R
         for k, m, n, offset, _, s in self.steps[done:]:
             view = out[offset:offset + k * m].reshape(k, m)
@@ -488,7 +495,7 @@ def fit_many(nets, X, Y, epochs=20, batch_size=128, optimizer=None, validation=N
             order = _permutation(numpy.random.default_rng(split_seq), m_all)
             val, train = base[order[:n_val]], base[order[n_val:]]
         elif val_source is not None:
-            val = numpy.arange(int(val_source.X.shape[0]), dtype=numpy.int64)
+            val = numpy.arange(int(val_source.X.shape[0]), dtype=_index_type(int(val_source.X.shape[0])))
         m = int(train.shape[0])
         B = min(batch_size, m)
         members.append({
@@ -559,6 +566,8 @@ def fit_many(nets, X, Y, epochs=20, batch_size=128, optimizer=None, validation=N
                     c = _hits(net0, xp, AL, Yb, truth_b, valid)
                     if c is not None:
                         correct[:k] += c
+                    if opt.scratch is None and fast:
+                        opt.scratch = step.scratch()
                     runs = runs_of.get(k)
                     if runs is None:
                         runs = runs_of[k] = opt.runs(live[:k])

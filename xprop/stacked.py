@@ -235,6 +235,12 @@ class StackedStep:
         self._grad_views = {}
         self._layer_views = {}
 
+    def scratch(self):
+        """The largest work array (1-D), free between one call and the next, or None."""
+        if self._storage is None:
+            return None
+        return max((a for a in self._storage.Z[1:] if a is not None), key=lambda a: a.shape[0])
+
     def buffers(self, k, m) -> _Buffers:
         buf = self._buffers.get((k, m))
         if buf is None:
@@ -516,6 +522,9 @@ class StackedOptimizer:
                     if s in self.state:
                         self.state[s][name][i, ...] = xp.asarray(arr, dtype=dt)
         self._scratch = None
+        # A 1-D buffer the update may use as work space (fit_many lends the step's work
+        # arrays, idle between a step and the next); else one of SCRATCH_CHUNK numbers.
+        self.scratch = None
         self.use_kernels = backend_name(xp) == "cupy"
 
     def runs(self, active):
@@ -592,13 +601,16 @@ class StackedOptimizer:
             return
         m *= b1
         k, n = G.shape
-        width = max(1, SCRATCH_CHUNK // k)               # (1 − β1)·g through a bounded scratch
-        if self._scratch is None or self._scratch.shape[1] < min(width, n) or self._scratch.shape[0] < k:
-            self._scratch = xp.empty((self.stack.K, min(width, n)), dtype=G.dtype)
+        scratch = self.scratch                           # (1 − β1)·g through a bounded scratch
+        if scratch is None or scratch.shape[0] < k:
+            if self._scratch is None:
+                self._scratch = xp.empty((max(SCRATCH_CHUNK, self.stack.K),), dtype=G.dtype)
+            scratch = self._scratch
+        width = min(n, int(scratch.shape[0]) // k)
         c1 = self.one_minus_b1[a:b]
         for lo in range(0, n, width):
             hi = min(lo + width, n)
-            tmp = self._scratch[:k, :hi - lo]
+            tmp = xp.reshape(scratch[:k * (hi - lo)], (k, hi - lo))
             xp.multiply(G[:, lo:hi], c1, out=tmp)
             m[:, lo:hi] += tmp                           # m = β1 m + (1 − β1) g
         # g is read for the last time below: the rest runs in G itself
