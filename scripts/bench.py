@@ -38,6 +38,17 @@ predictions), which no budget of the net's size can cover.
 
 PyTorch and scikit-learn are optional: the script says which it skipped and why.
 
+Many models
+-----------
+``--many 8,64`` trains K models of one architecture at once, each on its own
+shuffled batches (plain SGD, float32 by default), and reports samples/s summed
+over the K models: ``xprop.fit_many``, K separate ``fit`` calls, the
+batched-matmul floor (the step's GEMMs over a leading K axis, nothing else),
+and, where installed, JAX ``jit(vmap(step))`` and ``torch.func.vmap``. JAX's
+CPU runtime ignores thread settings: compare on one pinned core::
+
+    taskset -c 0 python scripts/bench.py --many 8,64 --rounds 7
+
 Distributed mode
 ----------------
 ``--distributed`` measures ``xprop.fit(..., distributed=True)``: for each
@@ -215,6 +226,238 @@ class SklearnRunner:
 
 
 RUNNERS = [XpropRunner, FloorRunner, TorchRunner, SklearnRunner]
+
+
+# ------------------------------------------------------- K models at once (--many K)
+def many_orders(K, m, batch, steps, rng):
+    """Each model's own batches for one round: ``(steps, K, batch)`` row indices."""
+    idx = numpy.stack([rng.permutation(m)[:steps * batch].reshape(steps, batch) for _ in range(K)])
+    return idx.transpose(1, 0, 2).copy()
+
+
+class ManyRunner:
+    """``xprop.fit_many``: K nets, each with its own seed (own shuffle: its own batches)."""
+
+    name = "fit_many"
+
+    def __init__(self, sizes, batch, steps, K, backend, dtype):
+        self.nets = [xprop.MLP(list(sizes), activation="relu", output="softmax", backend=backend,
+                               dtype=dtype, seed=i) for i in range(K)]
+        X, y = make_data(sizes, batch, steps)
+        xp = self.nets[0].xp
+        self.X, self.y = xp.asarray(X), xp.asarray(y)
+        self.batch, self.K, self.rounds = batch, K, 0
+
+    def run(self):
+        self.rounds += 1
+        hists = xprop.fit_many(self.nets, self.X, self.y, epochs=1, batch_size=self.batch,
+                               optimizer=xprop.SGD(lr=0.01), progress=False,
+                               seed=[self.rounds * self.K + i for i in range(self.K)])
+        return sum(h.samples_per_s[-1] for h in hists)
+
+
+class SeparateRunner:
+    """K ``xprop.fit`` calls, one after the other: what fit_many replaces."""
+
+    name = "K fits"
+
+    def __init__(self, sizes, batch, steps, K, backend, dtype):
+        self.inner = ManyRunner(sizes, batch, steps, K, backend, dtype)
+
+    def run(self):
+        r = self.inner
+        r.rounds += 1
+        seconds = 0.0                                 # fit's own epoch timer, as fit_many's
+        for i, net in enumerate(r.nets):
+            h = xprop.fit(net, r.X, r.y, epochs=1, batch_size=r.batch, optimizer=xprop.SGD(lr=0.01),
+                          progress=False, seed=r.rounds * r.K + i)
+            seconds += h.seconds[-1]
+        return r.K * int(r.X.shape[0]) / seconds
+
+
+class ManyFloorRunner:
+    """The batched-matmul floor: only the step's GEMMs for all K models, into buffers."""
+
+    name = "floor"
+
+    def __init__(self, sizes, batch, steps, K, backend, dtype):
+        xp = self.xp = xprop.get_xp(backend)
+        rng = numpy.random.default_rng(0)
+        f = lambda *shape: xp.asarray(rng.standard_normal(shape).astype(dtype))  # noqa: E731
+        self.W = [f(K, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.A = [f(K, batch, n) for n in sizes]
+        self.Z = [None] + [f(K, batch, n) for n in sizes[1:]]
+        self.dW = [f(K, a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.dA = [f(K, batch, n) for n in sizes]
+        self.steps, self.batch, self.K = steps, batch, K
+
+    def run(self):
+        xp, L = self.xp, len(self.W)
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            for l in range(L):
+                xp.matmul(self.A[l], self.W[l], out=self.Z[l + 1])
+            for l in range(L - 1, -1, -1):
+                xp.matmul(self.A[l].transpose(0, 2, 1), self.Z[l + 1], out=self.dW[l])
+                if l > 0:
+                    xp.matmul(self.Z[l + 1], self.W[l].transpose(0, 2, 1), out=self.dA[l])
+        synchronize(xp)
+        return self.K * self.steps * self.batch / (time.perf_counter() - t0)
+
+
+class JaxRunner:
+    """JAX: one SGD step written for one model, ``jit(vmap(step))`` over the K models."""
+
+    name = "jax vmap"
+
+    def __init__(self, sizes, batch, steps, K, backend, dtype):
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        if backend == "cupy" and jax.default_backend() != "gpu":
+            raise RuntimeError("JAX has no GPU here")
+        self.jax = jax
+        rng = numpy.random.default_rng(0)
+        self.params = [(jnp.asarray((rng.standard_normal((K, a, b)) * math.sqrt(2 / a)).astype(dtype)),
+                        jnp.zeros((K, b), dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+        X, y = make_data(sizes, batch, steps)
+        self.X, self.y = jnp.asarray(X.astype(dtype)), jnp.asarray(y)
+        self.rng, self.steps, self.batch, self.K, self.m = rng, steps, batch, K, len(X)
+
+        def loss(params, x, y):
+            a = x
+            for i, (W, b) in enumerate(params):
+                a = a @ W + b
+                if i < len(params) - 1:
+                    a = jax.nn.relu(a)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), y[:, None], axis=1))
+
+        def step(params, x, y):
+            grads = jax.grad(loss)(params, x, y)
+            return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+
+        many = jax.vmap(step)
+
+        def step_all(params, X, y, idx):                  # idx : (K, batch), each model its rows
+            return many(params, X[idx], y[idx])
+
+        self.step_all = jax.jit(step_all)
+
+    def run(self):
+        idx = self.jax.numpy.asarray(many_orders(self.K, self.m, self.batch, self.steps, self.rng))
+        t0 = time.perf_counter()
+        p = self.params
+        for s in range(self.steps):
+            p = self.step_all(p, self.X, self.y, idx[s])
+        self.jax.block_until_ready(p)
+        self.params = p
+        return self.K * self.steps * self.batch / (time.perf_counter() - t0)
+
+
+class TorchVmapRunner:
+    """PyTorch: ``torch.func.vmap`` of ``grad`` of a functional call, over stacked params."""
+
+    name = "torch vmap"
+
+    def __init__(self, sizes, batch, steps, K, backend, dtype):
+        import copy  # noqa: PLC0415
+
+        import torch  # noqa: PLC0415
+        from torch.func import functional_call, grad, stack_module_state, vmap  # noqa: PLC0415
+
+        self.torch = torch
+        self.device = "cuda" if backend == "cupy" else "cpu"
+        tdtype = getattr(torch, dtype)
+
+        def make():
+            layers = []
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+                layers.append(torch.nn.Linear(a, b))
+                if i < len(sizes) - 2:
+                    layers.append(torch.nn.ReLU())
+            return torch.nn.Sequential(*layers).to(self.device, tdtype)
+
+        models = [make() for _ in range(K)]
+        params, buffers = stack_module_state(models)
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.buffers = buffers
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def loss(p, b, x, y):
+            return torch.nn.functional.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+        self.grads = vmap(grad(loss))
+        X, y = make_data(sizes, batch, steps)
+        self.X = torch.from_numpy(X).to(self.device, tdtype)
+        self.y = torch.from_numpy(y).to(self.device)
+        self.rng = numpy.random.default_rng(0)
+        self.steps, self.batch, self.K, self.m = steps, batch, K, len(X)
+
+    def run(self):
+        torch = self.torch
+        idx = torch.from_numpy(many_orders(self.K, self.m, self.batch, self.steps, self.rng)).to(self.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(self.steps):
+                g = self.grads(self.params, self.buffers, self.X[idx[s]], self.y[idx[s]])
+                for k, p in self.params.items():
+                    p.sub_(g[k], alpha=0.01)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return self.K * self.steps * self.batch / (time.perf_counter() - t0)
+
+
+MANY_RUNNERS = [ManyRunner, SeparateRunner, ManyFloorRunner, JaxRunner, TorchVmapRunner]
+MANY_CONFIGS = [((64, 32, 10), 32, 8), ((64, 32, 10), 32, 64), ((784, 256, 128, 10), 128, 8)]
+
+
+def many_main(args):
+    """``--many K``: K models of one architecture, each on its own batches, samples/s summed."""
+    configs = [(sizes, batch, K) for sizes, batch in args.sizes for K in args.many] if args.sizes else (
+        [c for c in MANY_CONFIGS if c[2] in args.many] or [(s, b, K) for s, b, _ in MANY_CONFIGS[::2]
+                                                            for K in args.many])
+    rows, skipped = [], {}
+    for sizes, batch, K in configs:
+        steps = args.steps or max(10, min(500, int(2e9 / (K * step_flops(sizes, batch)))))
+        runners = []
+        for cls in MANY_RUNNERS:
+            try:
+                runners.append(cls(sizes, batch, steps, K, args.backend, args.dtype))
+            except ImportError as exc:
+                skipped[cls.name] = f"not installed ({exc.name})"
+            except RuntimeError as exc:
+                skipped[cls.name] = str(exc)
+        with threads(args.threads[0]):
+            for r in runners:                         # warm-up round (and JIT compiles), not counted
+                r.run()
+            rounds = {r.name: [] for r in runners}
+            for _ in range(args.rounds):
+                for r in runners:
+                    rounds[r.name].append(r.run())
+        x = rounds["fit_many"]
+        for name, values in rounds.items():
+            row = {"config": "-".join(map(str, sizes)), "batch": batch, "K": K, "threads": args.threads[0],
+                   "contender": name, "median": statistics.median(values), "best": max(values),
+                   "rounds": values, "steps_per_round": steps}
+            if name != "fit_many":
+                row["fit_many_ratio_median"] = statistics.median(a / b for a, b in zip(x, values))
+            rows.append(row)
+    head = f"{'config':<16} {'batch':>5} {'K':>4} {'contender':<11} {'median/s':>12} {'best/s':>12} {'fit_many÷':>9}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = f"{r['fit_many_ratio_median']:.2f}" if "fit_many_ratio_median" in r else ""
+        print(f"{r['config']:<16} {r['batch']:>5} {r['K']:>4} {r['contender']:<11} {r['median']:>12,.0f} "
+              f"{r['best']:>12,.0f} {ratio:>9}")
+    print("samples/s summed over the K models, each model on its own batches; fit_many÷: its "
+          "samples/s over the contender's (median of rounds)")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": environment(args.backend), "many": rows,
+                                         "skipped": skipped, "argv": sys.argv[1:]}, indent=2))
+        print(f"wrote {args.json}")
+    return 0
 
 
 @contextlib.contextmanager
@@ -510,6 +753,9 @@ def main(argv=None):
                    help="time fit(distributed=True) under mpiexec at each of --ranks (needs xprop[dist])")
     p.add_argument("--ranks", default="1,2", help="rank counts for --distributed (default 1,2)")
     p.add_argument("--dist-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--many", default=None,
+                   help="comma-separated K: K models at once (fit_many vs K fits, the batched-matmul "
+                        "floor, JAX jit(vmap) and torch.func.vmap where installed)")
     args = p.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
     args.only = set(args.only.split(","))
@@ -523,6 +769,9 @@ def main(argv=None):
         return 2
     if args.dist_worker:
         return dist_worker(args)
+    if args.many:
+        args.many = [int(k) for k in args.many.split(",")]
+        return many_main(args)
     if args.distributed:
         args.ranks = [int(n) for n in args.ranks.split(",")]
         return dist_main(args, sys.argv[1:] if argv is None else list(argv))

@@ -69,3 +69,18 @@ def test_unusable_backend_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("bench.py: error: backend 'cupy' is not usable here")
     assert "Traceback" not in proc.stderr
+
+
+def test_many_mode_compares_fit_many_with_k_fits_and_the_floor(tmp_path):
+    out = tmp_path / "many.json"
+    proc = bench(tmp_path, "--many", "2", "--sizes", "12-6-3:5", "--quick", "--json", str(out))
+    data = json.loads(out.read_text())
+    rows = data["many"]
+    contenders = {r["contender"] for r in rows}
+    assert {"fit_many", "K fits", "floor"} <= contenders
+    for r in rows:
+        assert r["K"] == 2 and r["config"] == "12-6-3" and r["median"] > 0 and len(r["rounds"]) == 2
+        if r["contender"] != "fit_many":
+            assert r["fit_many_ratio_median"] > 0
+    for name in ("jax vmap", "torch vmap"):   # either measured or said why not
+        assert name in contenders or f"skipped {name}:" in proc.stdout
