@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import xprop
+from xprop.backend import to_numpy
 from xprop.many import check_nets
 from xprop.optim import Optimizer
 from xprop.stacked import Stack, StackedOptimizer, StackedStep, reference_step
@@ -66,11 +67,13 @@ def together(nets, X, Y, rows=None, per=None, **kw):
     return xprop.fit_many(nets, X, Y, rows=rows, progress=False, **kw, **stacked)
 
 
-def assert_same(nets, alone, hists, hists_alone, dtype):
-    bound = tolerance("fast", dtype)
+def assert_same(nets, alone, hists, hists_alone, dtype, check="fast"):
+    """On NumPy within the fast step's bound (in practice: the same bits); ``check="many"``
+    for backends whose batched products sum in their own order."""
+    bound = tolerance(check, dtype)
     for i, (net, ref) in enumerate(zip(nets, alone)):
         for name in ref.params:
-            err = rel(net.params[name], ref.params[name])
+            err = rel(to_numpy(net.params[name]), to_numpy(ref.params[name]))
             assert err <= bound, f"nets[{i}].{name} differs from fit alone by {err:.3g} (bound {bound:g})"
         for field in HISTORY_FIELDS:
             got, want = getattr(hists[i], field), getattr(hists_alone[i], field)
@@ -455,3 +458,89 @@ def test_fit_many_with_sgd_holds_one_params_more_per_net():
     peak, P, state, cache, extra = traced_many(sizes, B, K, xprop.SGD(lr=0.01))
     allowed = 1.3 * K * (P + state + cache + P) + extra
     assert peak <= allowed, f"fit_many peaked at {peak:,} bytes, over {allowed:,.0f} (K={K})"
+
+
+# ------------------------------------------------------------ CuPy
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_stacked_step_on_cupy_equals_numpy(dtype, padded):
+    """The CuPy step (strided-batched GEMMs, fused kernels) against the NumPy step, model by model."""
+    K, m = 4, 33
+    rng = np.random.default_rng(2)
+    nets = make_nets(K, sizes=(20, 16, 12, 5), dtype=dtype, activation="relu")
+    X = rng.standard_normal((K, m, 20)).astype(dtype)
+    Y = np.eye(5, dtype=dtype)[rng.integers(0, 5, (K, m))]
+    n = [m, m - 7, m - 1, 3] if padded else [m] * K
+    s = np.zeros((K, m, 1), dtype=dtype)
+    for i, c in enumerate(n):
+        s[i, :c] = 1 / c
+    counts = np.asarray(n, dtype=dtype).reshape(K, 1, 1)
+    rc = n if padded else None
+    outs = {}
+    for backend in ("numpy", "cupy"):
+        stack = Stack([net.to(backend) for net in nets])
+        xp = stack.xp
+        J, A, G = StackedStep(stack)(xp.asarray(X), xp.asarray(Y), xp.asarray(s), xp.asarray(counts),
+                                     None, rc)
+        outs[backend] = (to_numpy(J), to_numpy(A), to_numpy(G))
+    bound = tolerance("backends", dtype)
+    for i, c in enumerate(n):
+        for what, a, b in zip(("J", "A_L", "grads"), outs["numpy"], outs["cupy"]):
+            a_i, b_i = (a[i], b[i]) if what != "A_L" else (a[i, :c], b[i, :c])
+            assert rel(a_i, b_i) <= bound, f"model {i}: {what} differs between NumPy and CuPy"
+
+
+@pytest.mark.gpu
+def test_stacked_adam_kernel_on_cupy_equals_numpy():
+    """Adam's fused kernel with per-model (K, 1) hyperparameter columns."""
+    rng = np.random.default_rng(3)
+    nets = make_nets(3, sizes=(6, 5, 4))
+    opts = [xprop.Adam(lr=1e-2), xprop.Adam(lr=1e-3, betas=(0.8, 0.99), weight_decay=1e-2), xprop.Adam(eps=1e-3)]
+    result = {}
+    for backend in ("numpy", "cupy"):
+        stack = Stack([net.to(backend) for net in nets])
+        opt = StackedOptimizer([fresh(o) for o in opts], stack)
+        assert opt.use_kernels == (backend == "cupy")
+        for t in range(3):
+            G = stack.xp.asarray(np.random.default_rng(t).standard_normal((3, stack.P)))
+            opt.step(stack.params, stack.views(G), opt.runs([True, True, False]))
+        result[backend] = to_numpy(stack.flat)
+    assert rel(result["numpy"], result["cupy"]) <= tolerance("backends", "float64")
+    assert np.array_equal(result["cupy"][2], np.concatenate([to_numpy(p).ravel() for p in nets[2].params.values()]))
+
+
+@pytest.mark.gpu
+def test_fit_many_on_cupy_trains_each_net_as_fit_alone():
+    X, y = classification(m=230)
+    rows = [np.arange(0, 150), np.arange(20, 230), np.arange(5, 40)]
+    nets = [net.to("cupy") for net in make_nets(3, activation="tanh")]
+    per = [{"seed": s, "optimizer": xprop.Adam(lr=lr)} for s, lr in [(0, 1e-3), (1, 1e-2), (2, 3e-3)]]
+    alone, h_alone = separately(nets, X, y, rows=rows, per=per, epochs=3, batch_size=32, validation=0.2)
+    hists = together(nets, X, y, rows=rows, per=per, epochs=3, batch_size=32, validation=0.2)
+    assert all(net.backend == "cupy" for net in nets)
+    assert_same(nets, alone, hists, h_alone, "float64", check="many")
+
+
+def test_the_kernel_paths_on_numpy_equal_the_buffered_ones():
+    """The fused kernels (xprop.kernels: plain arithmetic, so they run on NumPy too) with the
+    stack's (K, 1, 1) scales and (K, 1) hyperparameter columns, as the CuPy step runs them."""
+    K, m = 3, 10
+    rng = np.random.default_rng(4)
+    nets = make_nets(K, sizes=(6, 5, 4), activation="tanh")
+    X = rng.standard_normal((K, m, 6))
+    Y = np.eye(4)[rng.integers(0, 4, (K, m))]
+    s = np.full((K, 1, 1), 1 / m)
+    counts = np.full((K, 1, 1), float(m))
+    results = []
+    for kernels in (False, True):
+        stack = Stack(nets)
+        step = StackedStep(stack)
+        step.use_kernels = kernels
+        J, A, G = step(X, Y, s, counts)
+        opt = StackedOptimizer([xprop.Adam(lr=1e-2), xprop.Adam(lr=1e-3), xprop.Adam(eps=1e-4)], stack)
+        opt.use_kernels = kernels
+        opt.step(stack.params, step.grads, opt.runs([True] * K))
+        results.append((J.copy(), A.copy(), stack.flat.copy()))
+    for a, b in zip(*results):
+        assert rel(a, b) <= tolerance("fast", "float64")
