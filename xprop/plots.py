@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PLOT_HINT", "plot_history"]
+__all__ = ["PLOT_HINT", "plot_history", "plot_sweep"]
 
 PLOT_HINT = 'pip install "xprop[plot]"'
 
@@ -71,6 +71,73 @@ def plot_history(history, path, title: str | None = None) -> Path:
             ax.legend()
         else:
             ax.text(0.5, 0.5, f"no {label} recorded", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_sweep(rows, path, metric="val_accuracy", swept=("layers", "batch_size", "lr", "weight_decay", "momentum"),
+               title: str | None = None) -> Path:
+    """Draw a sweep's metric against each setting it varied: one panel per swept setting.
+
+    Every combination is one point at its value of the panel's setting, its
+    mean over seeds, with the spread over seeds (one standard deviation) as an
+    error bar; combinations whose every seed diverged are left out. Numeric
+    settings spanning a factor of 10 or more (learning rates) get a log axis.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`xprop.sweep.summarize` rows (``<metric>_mean``, ``<metric>_std``
+        and the swept settings).
+    path : str or Path
+        The PNG to write.
+    metric : str
+        ``"val_accuracy"``, ``"val_loss"``, ``"test_accuracy"``, ...
+    swept : sequence of str
+        Settings to draw a panel for; only those with more than one value get one.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed (the message says how to install it).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError(f"drawing a sweep needs matplotlib: {PLOT_HINT}") from exc
+
+    def text(v):
+        return "-".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+
+    live = [r for r in rows if r.get(f"{metric}_mean") is not None]
+    panels = [s for s in swept if len({text(r[s]) for r in rows}) > 1] or [swept[0]]
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, name in zip(axes, panels):
+        values = sorted({text(r[name]) for r in rows},
+                        key=lambda t: (0, float(t)) if t.replace(".", "", 1).replace("e-", "", 1).isdigit()
+                        else (1, t))
+        numeric = all(isinstance(r[name], (int, float)) for r in rows)
+        positive = numeric and all(r[name] > 0 for r in rows)
+        log = positive and max(r[name] for r in rows) >= 10 * min(r[name] for r in rows)
+        for r in live:
+            x = r[name] if numeric else values.index(text(r[name]))
+            ax.errorbar([x], [r[f"{metric}_mean"]], yerr=[r.get(f"{metric}_std") or 0.0], fmt="o",
+                        markersize=4, capsize=3, alpha=0.7)
+        if log:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(name.replace("_", " "))
+        ax.set_ylabel(metric.replace("_", " ") + " (mean ± sd over seeds)")
+        ax.grid(True, alpha=0.3)
+        if not live:
+            ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     path = Path(path)
