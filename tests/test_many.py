@@ -381,8 +381,8 @@ def test_stacked_step_equals_its_reference(activation, dtype, padded):
         s[i, :c] = 1 / c
     counts = np.asarray(n, dtype=dtype).reshape(K, 1, 1)
     rc = n if padded else None
-    J, A, G = StackedStep(stack)(X, Y, s, counts, None, rc)
-    J_ref, A_ref, G_ref = reference_step(stack)(X, Y, s, counts, None, rc)
+    J, A, G = StackedStep(stack)(X, Y, s, counts, rc)
+    J_ref, A_ref, G_ref = reference_step(stack)(X, Y, s, counts, rc)
     views = stack.views(G)
     for i, c in enumerate(n):
         fast = (J[i], A[i, :c], {f"d{k}": v[i] for k, v in views.items()})
@@ -481,8 +481,7 @@ def test_stacked_step_on_cupy_equals_numpy(dtype, padded):
     for backend in ("numpy", "cupy"):
         stack = Stack([net.to(backend) for net in nets])
         xp = stack.xp
-        J, A, G = StackedStep(stack)(xp.asarray(X), xp.asarray(Y), xp.asarray(s), xp.asarray(counts),
-                                     None, rc)
+        J, A, G = StackedStep(stack)(xp.asarray(X), xp.asarray(Y), xp.asarray(s), xp.asarray(counts), rc)
         outs[backend] = (to_numpy(J), to_numpy(A), to_numpy(G))
     bound = tolerance("backends", dtype)
     for i, c in enumerate(n):
@@ -544,3 +543,33 @@ def test_the_kernel_paths_on_numpy_equal_the_buffered_ones():
         results.append((J.copy(), A.copy(), stack.flat.copy()))
     for a, b in zip(*results):
         assert rel(a, b) <= tolerance("fast", "float64")
+
+
+def test_a_resume_after_a_divergence_keeps_the_net_frozen(tmp_path):
+    X, Y = regression()
+
+    def make():
+        return [xprop.MLP([6, 8, 2], activation="relu", output="identity", backend="numpy", dtype="float64",
+                          seed=1) for _ in range(3)]
+
+    def opts():
+        return [xprop.SGD(lr=lr) for lr in (0.02, 0.08, 0.03)]
+
+    kw = dict(epochs=5, batch_size=16, progress=False)
+    full_nets = make()
+    full = xprop.fit_many(full_nets, X, Y, optimizer=opts(), **kw)
+    assert full[1].diverged is not None and full[1].diverged["epoch"] == 2
+
+    def interrupt(record, net):
+        if record["epoch"] == 3:
+            raise Interrupt
+
+    path = tmp_path / "stack.npz"
+    with pytest.raises(Interrupt):
+        xprop.fit_many(make(), X, Y, optimizer=opts(), checkpoint=path, callbacks=interrupt, **kw)
+    nets = make()
+    resumed = xprop.fit_many(nets, X, Y, optimizer=opts(), checkpoint=path, resume=True, **kw)
+    for a, b, ha, hb in zip(full_nets, nets, full, resumed):
+        for name in a.params:
+            assert np.array_equal(a.params[name], b.params[name]), name
+        assert (ha.loss, ha.diverged) == (hb.loss, hb.diverged)
