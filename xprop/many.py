@@ -203,7 +203,7 @@ class _Plan:
     """The batches of K models over one epoch: which rows each step gathers, and its constants.
 
     The same every epoch but for the rows themselves (the shuffle), so the
-    per-step constants (``s``, counts, masks) are made once.
+    per-step constants (``s``, counts, which rows are real) are made once.
 
     Parameters
     ----------
@@ -241,17 +241,16 @@ class _Plan:
 
     @staticmethod
     def _constants(net, k, m, n, scale):
-        """``(s, counts, mask, row_counts, valid, pads)`` of a step of ``k`` models, ``n`` rows each."""
+        """``(s, counts, row_counts, valid)`` of a step of ``k`` models with ``n`` rows each:
+        ``row_counts`` and ``valid`` (k, m) are None unless the batch is padded."""
         xp, dtype, host_dtype = net.xp, net.dtype, numpy.dtype(net.dtype_name)
         s_host = numpy.asarray([scale[j] / n[j] if n[j] else 0.0 for j in range(k)])  # fit's s = scale / m
         counts = xp.reshape(xp.asarray([float(c or 1) for c in n], dtype=dtype), (k, 1, 1))
         if all(c == m for c in n):
-            return xp.reshape(xp.asarray(s_host.astype(host_dtype)), (k, 1, 1)), counts, None, None, None, ()
+            return xp.reshape(xp.asarray(s_host.astype(host_dtype)), (k, 1, 1)), counts, None, None
         valid = numpy.arange(m)[None, :] < numpy.asarray(n)[:, None]          # (k, m): real rows
         s = xp.asarray((valid * s_host[:, None]).astype(host_dtype)[:, :, None])
-        mask = xp.asarray(valid.astype(host_dtype)[:, None, :])
-        pads = tuple((j, c) for j, c in enumerate(n) if c < m)
-        return s, counts, mask, list(n), xp.asarray(valid), pads
+        return s, counts, list(n), xp.asarray(valid)
 
     def indices(self, orders):
         """All steps' row indices, one host array (step after step, ``k × m`` each)."""
@@ -554,10 +553,10 @@ def fit_many(nets, X, Y, epochs=20, batch_size=128, optimizer=None, validation=N
             correct[...] = 0
             with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
                 for k, m, n, offset, consts, s in plan.steps:
-                    s_col, counts, mask, row_counts, valid, pads = consts
+                    s_col, counts, row_counts, valid = consts
                     idx = idx_all[offset:offset + k * m]
                     Xb, Yb = gather(source, idx, k, m)
-                    J, AL, G = step(Xb, Yb, s_col, counts, mask, row_counts)
+                    J, AL, G = step(Xb, Yb, s_col, counts, row_counts)
                     losses[s, :k] = J
                     if source.truth is not None:
                         truth_b = xp.reshape(xp.take(source.truth, idx, axis=0), (k, m))
@@ -705,10 +704,10 @@ def _validate(step, stack, plan, idx_all, src, gather, fast):
     correct = None
     with numpy.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         for k, m, n, offset, consts, _ in plan.steps:
-            _, counts, mask, row_counts, valid, pads = consts
+            _, counts, row_counts, valid = consts
             idx = idx_all[offset:offset + k * m]
             Xb, Yb = gather(src, idx, k, m)
-            J, AL = step.cost(Xb, Yb, counts, mask, row_counts)
+            J, AL = step.cost(Xb, Yb, counts, row_counts)
             losses.append(J)
             truth_b = xp.reshape(xp.take(src.truth, idx, axis=0), (k, m)) if src.truth is not None else None
             c = _hits(net, xp, AL, Yb, truth_b, valid)

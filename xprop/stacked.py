@@ -206,12 +206,12 @@ class StackedStep:
     stack : Stack
         On NumPy or CuPy.
 
-    ``step(X, Y, s, counts, mask)`` with ``X : (k, m, k_in)`` (model i's batch
+    ``step(X, Y, s, counts, row_counts)`` with ``X : (k, m, k_in)`` (model i's batch
     in ``X[i]``, ``k ≤ K`` the first models of the stack), ``Y : (k, m, n_L)``,
     ``s : (k, 1, 1)`` or ``(k, m, 1)`` (each model's ``scale/m_i``; 0 on
     padding rows), ``counts : (k, 1, 1)`` (each model's ``m_i``, the cost's
-    divisor) and ``mask : (k, 1, m)`` (1 on real rows, 0 on padding) or None
-    returns ``(J, A_L, G)``: the costs ``(k,)`` (device), the outputs and the
+    divisor) and ``row_counts`` (None, or for a padded batch the list of the
+    ``m_i``: each model's sums then run over its own rows) returns ``(J, A_L, G)``: the costs ``(k,)`` (device), the outputs and the
     gradients' ``(k, P)`` buffer (the first ``k`` rows of :attr:`grads`),
     ``s`` times ``Σ_i`` of each model's terms: its mean gradient when
     ``s = 1/m_i``, ``lr`` times it when ``s = lr/m_i`` (plain SGD, as
@@ -273,14 +273,14 @@ class StackedStep:
             views = self._grad_views[k] = (grads.flat[:k], dW, db)
         return views
 
-    def __call__(self, X, Y, s, counts, mask=None, row_counts=None):
+    def __call__(self, X, Y, s, counts, row_counts=None):
         net, xp, L = self.net, self.xp, self.net.L
         k, m = X.shape[0], X.shape[1]
         buf = self._buffers.get((k, m)) or self.buffers(k, m)
         g = net._g
         layers = self._layers(k)
         G, dW, db = self._gradient_views(k)
-        J, AL, Z = self._forward_cost(X, Y, buf, layers, counts, mask, row_counts)
+        J, AL, Z = self._forward_cost(X, Y, buf, layers, counts, row_counts)
 
         # ---- output delta, times each model's s = scale_i / m_i (0 on padding rows)
         dZ = buf.dZ_L
@@ -320,14 +320,14 @@ class StackedStep:
                     dZ = g.backward(xp, dA, buf.Z[l - 1], A_prev)
         return J, AL, G
 
-    def cost(self, X, Y, counts, mask=None, row_counts=None):
+    def cost(self, X, Y, counts, row_counts=None):
         """``(J, A_L)`` of K models' batches: forward pass and cost, into the same buffers."""
         k, m = X.shape[0], X.shape[1]
         buf = self._buffers.get((k, m)) or self.buffers(k, m)
-        J, AL, _ = self._forward_cost(X, Y, buf, self._layers(k), counts, mask, row_counts)
+        J, AL, _ = self._forward_cost(X, Y, buf, self._layers(k), counts, row_counts)
         return J, AL
 
-    def _forward_cost(self, X, Y, buf, layers, counts, mask, row_counts):
+    def _forward_cost(self, X, Y, buf, layers, counts, row_counts):
         net, xp, L = self.net, self.xp, self.net.L
         k, m, g = X.shape[0], X.shape[1], net._g
 
@@ -386,7 +386,7 @@ def _loss_values(net, xp, Z, AL, Y, row_counts, k, m):
 def reference_step(stack):
     """The plain stacked step (any array-API namespace): the reference of :class:`StackedStep`.
 
-    ``step(X, Y, s, counts, mask=None, row_counts=None)`` as
+    ``step(X, Y, s, counts, row_counts=None)`` as
     :class:`StackedStep`, returning ``(J, A_L, grads)`` with ``grads`` a dict
     ``"W1", "b1", ...`` of ``(k, *shape)`` arrays (no flat buffer); every
     array is new.
@@ -409,15 +409,15 @@ def reference_step(stack):
             cache[f"Z{l}"], cache[f"A{l}"] = Z, A
         return layers, cache
 
-    def cost(X, Y, counts, mask=None, row_counts=None):
+    def cost(X, Y, counts, row_counts=None):
         k, m = X.shape[0], X.shape[1]
         _, cache = forward(X, k)
         Z, AL = cache[f"Z{L}"], cache[f"A{L}"]
         return _loss_values(net, xp, Z, AL, Y, row_counts, k, m), AL, Z, cache
 
-    def step(X, Y, s, counts, mask=None, row_counts=None):
+    def step(X, Y, s, counts, row_counts=None):
         k = X.shape[0]
-        J, AL, Z, cache = cost(X, Y, counts, mask, row_counts)
+        J, AL, Z, cache = cost(X, Y, counts, row_counts)
         layers = stack.layers(stack.params, k)
         if net.fused:
             dZ = AL - Y                                      # dZ_L = A_L − Y
@@ -442,7 +442,7 @@ def reference_step(stack):
                 dZ = net._g.backward(xp, dA, cache[f"Z{l - 1}"], A_prev)
         return J, AL, {name: grads[name] for name in stack.shapes}
 
-    step.cost = lambda X, Y, counts, mask=None, row_counts=None: cost(X, Y, counts, mask, row_counts)[:2]
+    step.cost = lambda X, Y, counts, row_counts=None: cost(X, Y, counts, row_counts)[:2]
     return step
 
 
