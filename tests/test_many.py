@@ -16,9 +16,10 @@ import pytest
 
 import xprop
 from xprop.backend import to_numpy
-from xprop.many import check_nets
+from xprop.train.many import check_nets
 from xprop.optim import Optimizer
-from xprop.stacked import Stack, StackedOptimizer, StackedStep, reference_step
+from xprop.stacked import ReferenceStackedStep, Stack, StackedStep
+from xprop.stacked_optim import StackedOptimizer
 from xprop.tolerances import tolerance
 
 from conftest import assert_fast_step_equals_reference
@@ -307,9 +308,15 @@ def test_resume_refuses_other_optimizers(tmp_path):
     X, y = classification(m=60)
     path = tmp_path / "c.npz"
     xprop.fit_many(make_nets(2), X, y, epochs=1, checkpoint=path, progress=False)
-    with pytest.raises(ValueError, match="other optimizers"):
+    with pytest.raises(ValueError, match="resume needs the same optimizer, got 'sgd'"):
         xprop.fit_many(make_nets(2), X, y, epochs=2, checkpoint=path, resume=True, progress=False,
                        optimizer=xprop.SGD())
+    with pytest.raises(ValueError, match="written with other optimizers .*'lr': 0.001.*'lr': 0.01"):
+        xprop.fit_many(make_nets(2), X, y, epochs=2, checkpoint=path, resume=True, progress=False,
+                       optimizer=[xprop.Adam(), xprop.Adam(lr=0.01)])
+    with pytest.raises(ValueError, match="another set of nets"):
+        xprop.fit_many(make_nets(2), X, y, epochs=2, checkpoint=path, resume=True, progress=False,
+                       rows=[np.arange(60), np.arange(30)])
 
 
 # ------------------------------------------------------------ arguments
@@ -382,7 +389,7 @@ def test_stacked_step_equals_its_reference(activation, dtype, padded):
     counts = np.asarray(n, dtype=dtype).reshape(K, 1, 1)
     rc = n if padded else None
     J, A, G = StackedStep(stack)(X, Y, s, counts, rc)
-    J_ref, A_ref, G_ref = reference_step(stack)(X, Y, s, counts, rc)
+    J_ref, A_ref, G_ref = ReferenceStackedStep(stack)(X, Y, s, counts, rc)
     views = stack.views(G)
     for i, c in enumerate(n):
         fast = (J[i], A[i, :c], {f"d{k}": v[i] for k, v in views.items()})

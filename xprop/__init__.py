@@ -13,7 +13,7 @@ from .io import ModelFileError, load
 from .network import MLP
 from .optim import SGD, Adam
 from .train import History, TrainingDiverged, evaluate, fit
-from .many import fit_many
+from .train.many import fit_many
 
 from .version import __version__
 

@@ -32,12 +32,12 @@ orders by their number of steps).
 
 The parameters of the whole stack are one ``(K, P)`` buffer (row ``i``: model
 i's parameters in the order and layout of ``net.params.flat``) and so are the
-gradients, so :class:`StackedOptimizer` updates every model with a handful of
+gradients, so :class:`xprop.stacked_optim.StackedOptimizer` updates every model with a handful of
 whole-buffer operations, each model's hyperparameters a ``(K, 1)`` column.
 
 ``out=`` is not in the array API standard: :class:`StackedStep` and the
-buffered update run on NumPy and CuPy; :func:`reference_step` and the plain
-update are the reference, for any namespace, and a test holds them equal.
+buffered update run on NumPy and CuPy; :class:`ReferenceStackedStep` and the
+plain update are the reference, for any namespace, and a test holds them equal.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ from . import kernels
 from .backend import backend_name, take_rows
 from .fast import supports_fast_path
 from .flat import FlatDict
-from .optim import SCRATCH_CHUNK, SGD, Adam
 
-__all__ = ["Stack", "StackedStep", "StackedOptimizer", "reference_step", "ARCHITECTURE_FIELDS"]
+__all__ = ["Stack", "StackedStep", "ReferenceStackedStep", "ARCHITECTURE_FIELDS", "gather_rows"]
 
 # What nets must share to be stacked (MLP attributes), in the order they are compared.
 ARCHITECTURE_FIELDS = ("sizes", "activation", "output", "loss", "dtype_name", "backend", "layout")
@@ -120,18 +119,22 @@ class Stack:
         for name in self.shapes:
             self.params[name][i, ...] = net.params[name]
 
-    def store(self, i, net):
-        """``net``'s parameters := row ``i`` of the stack (in place, the net's own arrays)."""
-        dst = getattr(net.params, "flat", None)
-        if self.fast and dst is not None:
-            dst[...] = self.flat[i]
+    def store(self, i, net, params=None):
+        """``net``'s parameters := row ``i`` of the stack, or of ``params`` (stacked like it).
+
+        In place, into the net's own arrays (a copy on namespaces without ``out=``).
+        """
+        params = self.params if params is None else params
+        dst, src = getattr(net.params, "flat", None), getattr(params, "flat", None)
+        if self.fast and dst is not None and src is not None:
+            dst[...] = src[i]
             return
         xp = self.xp
         for name in self.shapes:
             if self.fast:
-                net.params[name][...] = self.params[name][i]
+                net.params[name][...] = params[name][i]
             else:
-                net.params[name] = xp.asarray(self.params[name][i, ...], copy=True)
+                net.params[name] = xp.asarray(params[name][i, ...], copy=True)
 
     def row(self, i) -> dict:
         """Model i's parameters (copies), keyed like ``net.params``."""
@@ -160,7 +163,7 @@ class _Storage:
     """Flat work arrays for up to ``K`` models × ``capacity`` rows (cf. xprop.fast._Storage)."""
 
     def __init__(self, net, K, capacity):
-        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net._g
+        xp, dt, sizes, g = net.xp, net.dtype, net.sizes, net.layers.hidden
         hidden = sizes[1:-1]
         flat = lambda n: xp.empty((K * capacity * n,), dtype=dt)  # noqa: E731
         self.K, self.capacity = K, capacity
@@ -227,7 +230,8 @@ class StackedStep:
             raise TypeError(f"StackedStep needs NumPy or CuPy; the nets run on {stack.net.backend}")
         self.stack, self.net, self.xp = stack, stack.net, stack.xp
         net, xp = self.net, self.xp
-        self._softmax_ce = net.output == "softmax" and net.loss == "cross_entropy"
+        self.rules = net.layers
+        self._softmax_ce = self.rules.softmax_ce
         self.use_kernels = backend_name(xp) == "cupy"
         self._storage = None
         self._buffers = {}
@@ -277,25 +281,26 @@ class StackedStep:
         net, xp, L = self.net, self.xp, self.net.L
         k, m = X.shape[0], X.shape[1]
         buf = self._buffers.get((k, m)) or self.buffers(k, m)
-        g = net._g
+        rules = self.rules
+        g = rules.hidden
         layers = self._layers(k)
         G, dW, db = self._gradient_views(k)
         J, AL, Z = self._forward_cost(X, Y, buf, layers, counts, row_counts)
 
         # ---- output delta, times each model's s = scale_i / m_i (0 on padding rows)
         dZ = buf.dZ_L
-        if self._softmax_ce or net.fused:
+        if self._softmax_ce or rules.fused:
             if self.use_kernels:
                 dZ = kernels.output_delta(AL, Y, s)          # dZ_L · s = (A_L − Y) · s
             else:
                 xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
                 dZ *= s
         else:
-            dA_L = net._loss.grad(xp, Z, AL, Y)              # elementwise for every loss
+            dA_L = rules.loss.grad(xp, Z, AL, Y)             # elementwise for every loss
             if net.output == "softmax":                      # the softmax Jacobian works row by row
-                dZ[...] = xp.stack([net._g_out.backward(xp, dA_L[i], Z[i], AL[i]) for i in range(k)])
+                dZ[...] = xp.stack([rules.output.backward(xp, dA_L[i], Z[i], AL[i]) for i in range(k)])
             else:
-                dZ[...] = net._g_out.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
+                dZ[...] = rules.output.backward(xp, dA_L, Z, AL)   # dZ_L = dA_L ∘ g_L'(Z_L)
             dZ *= s
 
         # ---- backward
@@ -329,7 +334,7 @@ class StackedStep:
 
     def _forward_cost(self, X, Y, buf, layers, counts, row_counts):
         net, xp, L = self.net, self.xp, self.net.L
-        k, m, g = X.shape[0], X.shape[1], net._g
+        k, m, g = X.shape[0], X.shape[1], self.rules.hidden
 
         # ---- forward: Z_l = A_{l-1} W_l + b_l, A_l = g_l(Z_l)
         A = X
@@ -348,9 +353,9 @@ class StackedStep:
         # ---- output layer and cost
         if not self._softmax_ce:
             if net.output == "softmax":
-                AL = xp.stack([net._g_out.forward(xp, Z[i]) for i in range(k)])
+                AL = xp.stack([self.rules.output.forward(xp, Z[i]) for i in range(k)])
             else:
-                AL = net._g_out.forward(xp, Z)
+                AL = self.rules.output.forward(xp, Z)
             return _loss_values(net, xp, Z, AL, Y, row_counts, k, m), AL, Z
         AL = buf.A[L]
         M, S, S_col = buf.row_max, buf.row_sum, buf.row_sum_col
@@ -379,58 +384,63 @@ def _loss_values(net, xp, Z, AL, Y, row_counts, k, m):
     """Each model's cost over its real rows, with the loss registry's own function."""
     counts = row_counts if row_counts is not None else [m] * k
     zero = xp.zeros((), dtype=Z.dtype)                       # a model with no rows in this batch
-    return xp.stack([net._loss.value(xp, Z[i, :counts[i], :], AL[i, :counts[i], :], Y[i, :counts[i], :])
+    return xp.stack([net.layers.loss.value(xp, Z[i, :counts[i], :], AL[i, :counts[i], :], Y[i, :counts[i], :])
                      if counts[i] else zero for i in range(k)])
 
 
-def reference_step(stack):
+class ReferenceStackedStep:
     """The plain stacked step (any array-API namespace): the reference of :class:`StackedStep`.
 
-    ``step(X, Y, s, counts, row_counts=None)`` as
-    :class:`StackedStep`, returning ``(J, A_L, grads)`` with ``grads`` a dict
-    ``"W1", "b1", ...`` of ``(k, *shape)`` arrays (no flat buffer); every
-    array is new.
+    ``step(X, Y, s, counts, row_counts=None)`` as :class:`StackedStep`,
+    returning ``(J, A_L, grads)`` with ``grads`` a dict ``"W1", "b1", ...`` of
+    ``(k, *shape)`` arrays (no flat buffer); every array is new.
     """
-    net, xp, L = stack.net, stack.xp, stack.L
 
-    def forward(X, k):
-        layers = stack.layers(stack.params, k)
+    grads = None   # new gradient arrays every call
+
+    def __init__(self, stack):
+        self.stack, self.net, self.xp = stack, stack.net, stack.xp
+
+    def _forward(self, X):
+        net, xp, L, k = self.net, self.xp, self.stack.L, X.shape[0]
+        rules = net.layers
         cache = {"A0": X}
         A = X
-        for l in range(1, L + 1):
-            W, b = layers[l]
+        for l, (W, b) in enumerate(self.stack.layers(self.stack.params, k)[1:], start=1):
             Z = xp.matmul(A, W) + b                          # Z_l = A_{l-1} W_l + b_l
             if l < L:
-                A = net._g.forward(xp, Z)
+                A = rules.hidden.forward(xp, Z)
             elif net.output == "softmax":                    # rows of each model
                 A = xp.stack([_softmax_rows(xp, Z[i, ...]) for i in range(k)])
             else:
-                A = net._g_out.forward(xp, Z)
+                A = rules.output.forward(xp, Z)
             cache[f"Z{l}"], cache[f"A{l}"] = Z, A
-        return layers, cache
+        return cache
 
-    def cost(X, Y, counts, row_counts=None):
-        k, m = X.shape[0], X.shape[1]
-        _, cache = forward(X, k)
+    def cost(self, X, Y, counts, row_counts=None):
+        cache = self._forward(X)
+        L = self.stack.L
+        AL = cache[f"A{L}"]
+        return _loss_values(self.net, self.xp, cache[f"Z{L}"], AL, Y, row_counts, X.shape[0], X.shape[1]), AL
+
+    def __call__(self, X, Y, s, counts, row_counts=None):
+        net, xp, stack, L, k = self.net, self.xp, self.stack, self.stack.L, X.shape[0]
+        rules = net.layers
+        cache = self._forward(X)
         Z, AL = cache[f"Z{L}"], cache[f"A{L}"]
-        return _loss_values(net, xp, Z, AL, Y, row_counts, k, m), AL, Z, cache
-
-    def step(X, Y, s, counts, row_counts=None):
-        k = X.shape[0]
-        J, AL, Z, cache = cost(X, Y, counts, row_counts)
+        J = _loss_values(net, xp, Z, AL, Y, row_counts, k, X.shape[1])
         layers = stack.layers(stack.params, k)
-        if net.fused:
+        if rules.fused:
             dZ = AL - Y                                      # dZ_L = A_L − Y
         else:
-            dA = net._loss.grad(xp, Z, AL, Y)
+            dA = rules.loss.grad(xp, Z, AL, Y)
             if net.output == "softmax":
-                dZ = xp.stack([net._g_out.backward(xp, dA[i, ...], Z[i, ...], AL[i, ...]) for i in range(k)])
+                dZ = xp.stack([rules.output.backward(xp, dA[i, ...], Z[i, ...], AL[i, ...]) for i in range(k)])
             else:
-                dZ = net._g_out.backward(xp, dA, Z, AL)     # dZ_L = dA_L ∘ g_L'(Z_L)
+                dZ = rules.output.backward(xp, dA, Z, AL)     # dZ_L = dA_L ∘ g_L'(Z_L)
         dZ = dZ * s
         grads = {}
         for l in range(L, 0, -1):
-            W, _ = layers[l]
             A_prev = cache[f"A{l - 1}"]
             dW = xp.matmul(_swap(xp, A_prev), dZ)            # dW_l = A_{l-1}ᵀ dZ_l · s
             db = xp.sum(dZ, axis=1)                          # db_l = Σ_i dZ_l · s
@@ -438,228 +448,14 @@ def reference_step(stack):
                 dW, db = _swap(xp, dW), xp.reshape(db, (k, db.shape[1], 1))
             grads[f"W{l}"], grads[f"b{l}"] = dW, db
             if l > 1:
-                dA = xp.matmul(dZ, _swap(xp, W))             # dA_{l-1} = dZ_l W_lᵀ
-                dZ = net._g.backward(xp, dA, cache[f"Z{l - 1}"], A_prev)
+                dA = xp.matmul(dZ, _swap(xp, layers[l][0]))  # dA_{l-1} = dZ_l W_lᵀ
+                dZ = rules.hidden.backward(xp, dA, cache[f"Z{l - 1}"], A_prev)
         return J, AL, {name: grads[name] for name in stack.shapes}
-
-    step.cost = lambda X, Y, counts, row_counts=None: cost(X, Y, counts, row_counts)[:2]
-    return step
 
 
 def _softmax_rows(xp, Z):
     E = xp.exp(Z - xp.max(Z, axis=1, keepdims=True))
     return E / xp.sum(E, axis=1, keepdims=True)
-
-
-# ------------------------------------------------------------------ the update
-class StackedOptimizer:
-    """K optimizers of one class (SGD or Adam) as one update of the stack.
-
-    Parameters
-    ----------
-    optimizers : list of Optimizer
-        One per model, all of the same class (exactly ``SGD`` or ``Adam``),
-        each with its own hyperparameters; their existing state (``t > 0``)
-        is where each model's continues from.
-    stack : Stack
-
-    Each hyperparameter is a ``(K, 1)`` column in the nets' dtype, broadcast
-    over the ``(K, P)`` buffers; the step counts ``t : (K,)`` live on the
-    host. :meth:`step` updates the models of the given row ranges only: a
-    model without a batch in a step, or frozen, keeps its parameters, its
-    state and its ``t``. Each model's update is the one its optimizer's
-    whole-buffer update performs, operation for operation (the bias
-    corrections computed on the host in Python floats, as there).
-    """
-
-    def __init__(self, optimizers, stack):
-        cls = type(optimizers[0])
-        if cls not in (SGD, Adam):
-            raise TypeError(f"fit_many stacks the updates of SGD and Adam; got {cls.__name__}")
-        self.cls, self.opts, self.stack, self.xp = cls, list(optimizers), stack, stack.xp
-        xp, K, dt = self.xp, stack.K, stack.dtype
-        import numpy  # noqa: PLC0415  (host bookkeeping: step counts)
-
-        self.t = numpy.asarray([o.t for o in optimizers], dtype=numpy.int64)
-        col = lambda values: xp.reshape(xp.asarray(values, dtype=dt), (K, 1))  # noqa: E731
-        self.fast = stack.fast
-        if cls is SGD:
-            # plain SGD members get lr·∇J from the step (lr folded into s, as fit does):
-            # their update is P −= G, i.e. lr 1, momentum 0, weight decay 0 below.
-            # (fit folds lr only into its fast step; the plain reference steps with lr·g as well)
-            self.scale = [o.grad_scale() if stack.fast else None for o in optimizers]
-            plain = [sc is not None for sc in self.scale]
-            self.all_plain = all(plain)
-            self.lr = col([1.0 if p else o.lr for o, p in zip(optimizers, plain)])
-            self.momentum = col([o.momentum for o in optimizers])
-            self.weight_decay = col([o.weight_decay for o in optimizers])
-            self.any_momentum = any(o.momentum for o in optimizers)
-            self.any_decay = any(o.weight_decay for o in optimizers)
-            self.nesterov = [o.nesterov for o in optimizers]
-            self.state_names = ("v",) if self.any_momentum else ()
-        else:
-            self.scale = [None] * K
-            self.b1 = [o.betas[0] for o in optimizers]
-            self.b2 = [o.betas[1] for o in optimizers]
-            self.beta1, self.beta2 = col(self.b1), col(self.b2)
-            self.one_minus_b1 = col([1 - b for b in self.b1])
-            self.one_minus_b2 = col([1 - b for b in self.b2])
-            self.eps = col([o.eps for o in optimizers])
-            self.lr_host = [o.lr for o in optimizers]
-            self.weight_decay = col([o.weight_decay for o in optimizers])
-            self.any_decay = any(o.weight_decay for o in optimizers)
-            self.nesterov = [False] * K
-            self.state_names = ("m", "v")
-        shape = (K, stack.P)
-        if self.fast:
-            self.state = {s: stack.views(xp.zeros(shape, dtype=dt)) for s in self.state_names}
-        else:
-            self.state = {s: {name: xp.zeros((K,) + sh, dtype=dt) for name, sh in stack.shapes.items()}
-                          for s in self.state_names}
-        for i, o in enumerate(optimizers):
-            for name, st in o.state.items():
-                for s, arr in st.items():
-                    if s in self.state:
-                        self.state[s][name][i, ...] = xp.asarray(arr, dtype=dt)
-        self._scratch = None
-        # A 1-D buffer the update may use as work space (fit_many lends the step's work
-        # arrays, idle between a step and the next); else one of SCRATCH_CHUNK numbers.
-        self.scratch = None
-        self.use_kernels = backend_name(xp) == "cupy"
-
-    def runs(self, active):
-        """Row ranges ``[(a, b), ...]`` of the True entries of ``active`` with the same rule."""
-        out, a = [], None
-        for i, on in enumerate(list(active) + [False]):
-            if a is not None and (not on or self.nesterov[i] != self.nesterov[a]):
-                out.append((a, i))
-                a = None
-            if on and a is None:
-                a = i
-        return out
-
-    def step(self, params, grads, runs):
-        """Update the models of ``runs`` in place from ``grads`` (dicts of ``(K, ...)`` arrays).
-
-        On NumPy and CuPy ``params`` and ``grads`` are FlatDicts of the
-        stack's layout and the update runs on their ``(K, P)`` buffers
-        (``grads`` is used as work space); elsewhere parameter by parameter.
-        """
-        for a, b in runs:
-            self.t[a:b] += 1
-            if self.fast:
-                state = {s: buf.flat[a:b] for s, buf in self.state.items()}
-                self._update_fast(params.flat[a:b], grads.flat[a:b], state, a, b)
-            else:
-                for name in params:
-                    state = {s: self.state[s][name][a:b, ...] for s in self.state_names}
-                    new = self._update(params[name][a:b, ...], grads[name][a:b, ...], state, a, b)
-                    params[name][a:b, ...] = new[0]
-                    for s, value in new[1].items():
-                        self.state[s][name][a:b, ...] = value
-
-    # -- per-run host columns of the bias corrections (Python floats, as Adam computes them)
-    def _bias_columns(self, a, b):
-        xp, dt = self.xp, self.stack.dtype
-        t = [int(v) for v in self.t[a:b]]
-        c2 = [math.sqrt(1 - b2 ** tt) for b2, tt in zip(self.b2[a:b], t)]
-        ss = [lr / (1 - b1 ** tt) for lr, b1, tt in zip(self.lr_host[a:b], self.b1[a:b], t)]
-        return (xp.reshape(xp.asarray(c2, dtype=dt), (b - a, 1)),
-                xp.reshape(xp.asarray(ss, dtype=dt), (b - a, 1)))
-
-    def _update_fast(self, P, G, state, a, b):
-        xp = self.xp
-        if self.cls is SGD:
-            if self.all_plain:
-                P -= G                                       # P = P − (lr · g)
-                return
-            if self.any_decay:
-                G += self.weight_decay[a:b] * P              # g = dP + wd · P
-            g = G
-            if self.any_momentum:
-                mu, v = self.momentum[a:b], state["v"]
-                v *= mu
-                v += G                                       # v = μ v + g
-                if self.nesterov[a]:
-                    G += mu * v                              # g + μ v
-                else:
-                    g = v
-            xp.multiply(g, self.lr[a:b], out=G)
-            P -= G                                           # P = P − lr · g
-            return
-        # Adam
-        c2, ss = self._bias_columns(a, b)
-        if self.any_decay:
-            G += self.weight_decay[a:b] * P
-        m, v = state["m"], state["v"]
-        b1, b2, eps = self.beta1[a:b], self.beta2[a:b], self.eps[a:b]
-        if self.use_kernels:                                 # CuPy: one fused kernel
-            new_p, new_m, new_v = kernels.adam_update(P, G, m, v, b1, b2, c2, eps, ss)
-            xp.copyto(P, new_p)
-            xp.copyto(m, new_m)
-            xp.copyto(v, new_v)
-            return
-        m *= b1
-        k, n = G.shape
-        scratch = self.scratch                           # (1 − β1)·g through a bounded scratch
-        if scratch is None or scratch.shape[0] < k:
-            if self._scratch is None:
-                self._scratch = xp.empty((max(SCRATCH_CHUNK, self.stack.K),), dtype=G.dtype)
-            scratch = self._scratch
-        width = min(n, int(scratch.shape[0]) // k)
-        c1 = self.one_minus_b1[a:b]
-        for lo in range(0, n, width):
-            hi = min(lo + width, n)
-            tmp = xp.reshape(scratch[:k * (hi - lo)], (k, hi - lo))
-            xp.multiply(G[:, lo:hi], c1, out=tmp)
-            m[:, lo:hi] += tmp                           # m = β1 m + (1 − β1) g
-        # g is read for the last time below: the rest runs in G itself
-        v *= b2
-        xp.multiply(G, G, out=G)
-        G *= self.one_minus_b2[a:b]
-        v += G                                           # v = β2 v + (1 − β2) g²
-        xp.sqrt(v, out=G)
-        G /= c2
-        G += eps                                         # √v / √(1 − β2ᵗ) + eps
-        xp.divide(m, G, out=G)
-        G *= ss
-        P -= G                                           # P −= lr/(1 − β1ᵗ) · m / (...)
-
-    def _update(self, p, g, state, a, b):
-        """The plain update of one stacked parameter (any namespace): ``(p, state)`` new."""
-        xp = self.xp
-        col = lambda c: xp.reshape(c, (b - a,) + (1,) * (p.ndim - 1))  # noqa: E731
-        if self.cls is SGD:
-            if self.all_plain:
-                return p - g, {}
-            if self.any_decay:
-                g = g + col(self.weight_decay[a:b, ...]) * p
-            new = {}
-            if self.any_momentum:
-                v = col(self.momentum[a:b, ...]) * state["v"] + g
-                new["v"] = v
-                g = g + col(self.momentum[a:b, ...]) * v if self.nesterov[a] else v
-            return p - col(self.lr[a:b, ...]) * g, new
-        c2, ss = self._bias_columns(a, b)
-        if self.any_decay:
-            g = g + col(self.weight_decay[a:b, ...]) * p
-        m = col(self.beta1[a:b, ...]) * state["m"] + col(self.one_minus_b1[a:b, ...]) * g
-        v = col(self.beta2[a:b, ...]) * state["v"] + col(self.one_minus_b2[a:b, ...]) * (g * g)
-        denom = xp.sqrt(v) / col(c2) + col(self.eps[a:b, ...])
-        return p - col(ss) * (m / denom), {"m": m, "v": v}
-
-    def member_state(self, i) -> dict:
-        """Model i's state as its optimizer's ``state_dict()`` would hold it (copies)."""
-        xp = self.xp
-        own = self.opts[i].state_names
-        arrays = {f"{name}.{s}": xp.asarray(self.state[s][name][i, ...], copy=True)
-                  for s in self.state_names if s in own for name in self.stack.shapes}
-        return {"t": int(self.t[i]), "arrays": arrays}
-
-    def write_back(self, params_of) -> None:
-        """Give every optimizer its model's state and step count (``params_of(i)``: its net's params)."""
-        for i, opt in enumerate(self.opts):
-            opt.load_state_dict(self.member_state(i), params_of(i))
 
 
 def gather_rows(xp, fast, src, idx, out):
