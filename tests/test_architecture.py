@@ -23,15 +23,16 @@ PACKAGE = ROOT / "xprop"
 LAYERS = [
     {"version", "backend", "tolerances", "flat"},
     {"activations", "losses", "init", "heads", "kernels", "validation", "network", "optim"},
-    {"fast", "step"},
+    {"fast", "step", "stacked", "stacked_optim"},
     {"gradcheck", "explain", "io", "datasets", "plots"},
-    {"train"},
+    {"train", "sweep"},
     {"distributed"},
     {"estimators", "cli", "doctor", "__main__"},
     {"__init__"},   # the package itself: imports the public names of every layer
 ]
 MATH = {"activations", "losses", "init", "heads", "kernels", "validation", "network", "optim"}
-NOT_FOR_MATH = ("train", "distributed", "cli", "fast", "step", "estimators", "doctor")
+NOT_FOR_MATH = ("train", "distributed", "cli", "fast", "step", "stacked", "stacked_optim", "sweep",
+                "estimators", "doctor")
 
 # The deferred (function-level) imports that go up a layer, each named in docs/architecture.md.
 DEFERRED_UP = {
@@ -62,6 +63,7 @@ LONG_FUNCTIONS = {
 MANY_PARAMETERS = {
     "train.loop.fit": "the public signature (unchanged)",
     "train.loop.run": "fit's parts, passed on as they are",
+    "train.many.fit_many": "the public signature: fit's, plus rows",
     "network.MLP.__init__": "the public signature (unchanged)",
     "estimators._XpropMLP.__init__": "scikit-learn estimators name every hyperparameter in __init__",
     "kernels.adam_update": "the update's four arrays and Adam's hyperparameters and step count",

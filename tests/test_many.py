@@ -295,8 +295,11 @@ def test_resume_in_the_middle_is_bit_for_bit(tmp_path):
         xprop.fit_many(nets, X, y, optimizer=[xprop.Adam(lr=lr) for lr in (1e-3, 5e-2, 1e-2)],
                        checkpoint=path, callbacks=[interrupt], **kw)
     resumed_nets = make_nets(3)
+    seen = []
     resumed = xprop.fit_many(resumed_nets, X, y, optimizer=[xprop.Adam(lr=lr) for lr in (1e-3, 5e-2, 1e-2)],
-                             checkpoint=path, resume=True, **kw)
+                             checkpoint=path, resume=True, callbacks=lambda record, net: seen.append(record["epoch"]),
+                             **kw)
+    assert min(seen) == 3                      # epochs 1-2 came from the checkpoint
     for a, b, ha, hb in zip(full_nets, resumed_nets, full, resumed):
         for name in a.params:
             assert np.array_equal(a.params[name], b.params[name]), name

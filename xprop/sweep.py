@@ -22,10 +22,10 @@ import math
 import statistics
 from pathlib import Path
 
-from .many import fit_many
 from .network import MLP
 from .optim import make_optimizer
 from .train import TrainingDiverged, evaluate
+from .train.many import fit_many
 
 __all__ = ["Group", "sweep_groups", "run_group", "summarize", "rank", "write_csv", "write_json",
            "SWEPT", "CSV_COLUMNS"]
@@ -70,9 +70,7 @@ def sweep_groups(layers, batch_sizes, lrs, weight_decays, momenta, seeds) -> lis
     return groups
 
 
-def run_group(group, X, Y, *, optimizer, epochs, validation=None, patience=None, test=None,
-              activation="relu", output="softmax", loss=None, dtype="float32", backend="auto",
-              checkpoint=None, resume=False, callbacks=None, progress=False) -> list:
+def run_group(group, X, Y, optimizer, test=None, net_options=None, fit_options=None) -> list:
     """Train a group's nets as one stacked run; one result dict per member.
 
     Parameters
@@ -85,8 +83,13 @@ def run_group(group, X, Y, *, optimizer, epochs, validation=None, patience=None,
     test : (X_test, Y_test) or None
         Each net's test loss and accuracy are measured on it after training
         (None for a diverged net).
-    checkpoint, resume, callbacks, progress, epochs, validation, patience
-        Passed to :func:`xprop.fit_many`.
+    net_options : dict, optional
+        :class:`~xprop.MLP` arguments besides the sizes and seed (activation,
+        output, loss, dtype, backend).
+    fit_options : dict, optional
+        :func:`xprop.fit_many` arguments (epochs, validation, patience,
+        checkpoint, resume, callbacks, progress, ...); the batch size, seeds
+        and optimizers are the group's.
 
     Returns
     -------
@@ -98,17 +101,15 @@ def run_group(group, X, Y, *, optimizer, epochs, validation=None, patience=None,
     """
     nets, opts = [], []
     for mb in group.members:
-        nets.append(MLP(list(group.layers), activation=activation, output=output, loss=loss, dtype=dtype,
-                        backend=backend, seed=mb["seed"]))
+        nets.append(MLP(list(group.layers), seed=mb["seed"], **(net_options or {})))
         hyper = {"lr": mb["lr"], "weight_decay": mb["weight_decay"]}
         if optimizer == "sgd":
             hyper["momentum"] = mb["momentum"]
         opts.append(make_optimizer(optimizer, **hyper))
+    options = {"progress": False, **(fit_options or {})}
     try:
-        hists = fit_many(nets, X, Y, epochs=epochs, batch_size=group.batch_size, optimizer=opts,
-                         validation=validation, seed=[mb["seed"] for mb in group.members],
-                         progress=progress, checkpoint=checkpoint, resume=resume, patience=patience,
-                         callbacks=callbacks)
+        hists = fit_many(nets, X, Y, batch_size=group.batch_size, optimizer=opts,
+                         seed=[mb["seed"] for mb in group.members], **options)
     except TrainingDiverged as exc:           # every member diverged: each row says so
         hists = exc.histories
     results = []

@@ -3,6 +3,7 @@
 Subcommands::
 
     xprop train       train a network (default: the bundled digits), write model, history, curves
+    xprop sweep       train every combination of swept settings as stacked runs, rank them
     xprop evaluate    loss and accuracy of a saved model on a dataset
     xprop predict     one prediction per example, to stdout or a file
     xprop gradcheck   analytic vs numeric gradients on every usable backend
@@ -15,7 +16,7 @@ Exit status: 0 success; 1 an error (one line ``xprop: error: ...`` on
 stderr, no traceback; set ``XPROP_TRACEBACK=1`` to see one) or a failed
 check; 2 a bad command line (argparse's usage error); 130 interrupted.
 
-One module per family of subcommands (``train``, ``models``: evaluate and
+One module per family of subcommands (``train``, ``sweep``, ``models``: evaluate and
 predict, ``checks``: gradcheck and check, ``info``: info, doctor, explain),
 each with ``add_parsers(add)`` and its ``cmd_*`` functions; ``common`` holds
 what they share. This is the only package that uses argparse.
@@ -32,7 +33,7 @@ from ..backend import BackendError
 from ..distributed.errors import DistributedError
 from ..io import ModelFileError
 from ..train import TrainingDiverged
-from . import checks, info, models, train
+from . import checks, info, models, sweep, train
 from .common import PROG, Formatter, Parser, one_line, say_err
 
 __all__ = ["build_parser", "main"]
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.commands[name] = p
         return p
 
-    for family in (train, models, checks, info):    # the order of `xprop --help`
+    for family in (train, sweep, models, checks, info):    # the order of `xprop --help`
         family.add_parsers(add)
     return parser
 
