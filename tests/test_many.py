@@ -531,16 +531,18 @@ def test_fit_many_on_cupy_trains_each_net_as_fit_alone():
     assert_same(nets, alone, hists, h_alone, "float64", check="many")
 
 
-def test_the_kernel_paths_on_numpy_equal_the_buffered_ones():
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_kernel_paths_on_numpy_equal_the_buffered_ones(dtype):
     """The fused kernels (xprop.kernels: plain arithmetic, so they run on NumPy too) with the
-    stack's (K, 1, 1) scales and (K, 1) hyperparameter columns, as the CuPy step runs them."""
+    stack's (K, 1, 1) scales and (K, 1) hyperparameter columns, as the CuPy step runs them;
+    a float32 stack stays float32 through them."""
     K, m = 3, 10
     rng = np.random.default_rng(4)
-    nets = make_nets(K, sizes=(6, 5, 4), activation="tanh")
-    X = rng.standard_normal((K, m, 6))
-    Y = np.eye(4)[rng.integers(0, 4, (K, m))]
-    s = np.full((K, 1, 1), 1 / m)
-    counts = np.full((K, 1, 1), float(m))
+    nets = make_nets(K, sizes=(6, 5, 4), activation="tanh", dtype=dtype)
+    X = rng.standard_normal((K, m, 6)).astype(dtype)
+    Y = np.eye(4, dtype=dtype)[rng.integers(0, 4, (K, m))]
+    s = np.full((K, 1, 1), 1 / m, dtype=dtype)
+    counts = np.full((K, 1, 1), float(m), dtype=dtype)
     results = []
     for kernels in (False, True):
         stack = Stack(nets)
@@ -551,8 +553,9 @@ def test_the_kernel_paths_on_numpy_equal_the_buffered_ones():
         opt.use_kernels = kernels
         opt.step(stack.params, step.grads, opt.runs([True] * K))
         results.append((J.copy(), A.copy(), stack.flat.copy()))
+        assert {J.dtype, A.dtype, G.dtype, stack.flat.dtype, opt.state["m"].flat.dtype} == {np.dtype(dtype)}
     for a, b in zip(*results):
-        assert rel(a, b) <= tolerance("fast", "float64")
+        assert rel(a, b) <= tolerance("fast", dtype)
 
 
 def test_a_resume_after_a_divergence_keeps_the_net_frozen(tmp_path):

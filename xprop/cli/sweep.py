@@ -249,7 +249,9 @@ def add_parsers(add) -> None:
     p = add("sweep", "train every combination of learning rates, weight decays, ... as stacked runs",
             "Train every combination of the swept settings (comma-separated values) times --seeds "
             "seeds. Combinations with the same --layers and --batch-size train together as one "
-            "stacked run (xprop.fit_many), each net exactly as 'xprop train' would train it alone. "
+            "stacked run (xprop.fit_many), each net exactly as 'xprop train --seed S' would train it "
+            "alone (a --test-fraction hold-out is drawn once, with --seed, so that every combination "
+            "is tested on the same examples). "
             "Prints the combinations ranked by validation accuracy (mean ± spread over seeds) and "
             "writes sweep.csv, sweep.json and sweep.png into --out. A combination whose nets "
             "diverge is a row that says so. Ctrl-C stops; --resume continues.")

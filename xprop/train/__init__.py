@@ -12,6 +12,10 @@ callbacks     divergence guard, early stopping, checkpoint, progress bar, user
 history       :class:`History`, :class:`TrainingDiverged`
 checkpoint    the checkpoint file format, the only place it is known
 data          fit's examples and mini-batches (never a copy of the data set)
+many          ``fit_many``: K nets of one architecture trained as one stack
+stacked       ``StackedStrategy``: K models' epochs as stacked steps
+members       the stack as the loop's net, per-model callbacks (history,
+              early stopping, divergence)
 ============  ==================================================================
 
 See docs/architecture.md for the seams (step, strategy, callbacks) and the rules.
