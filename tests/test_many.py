@@ -586,3 +586,41 @@ def test_a_resume_after_a_divergence_keeps_the_net_frozen(tmp_path):
         for name in a.params:
             assert np.array_equal(a.params[name], b.params[name]), name
         assert (ha.loss, ha.diverged) == (hb.loss, hb.diverged)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stacked_adam_kernel_as_cupy_builds_it(dtype):
+    """The CuPy stack's Adam update is Adam's own fused kernel with (k, 1) hyperparameter columns:
+    traced by CuPy (tests/test_kernels.py's tracer: the wheel, no device), it computes in the
+    net's dtype only, writes P, m, v in place, and gives the plain stacked update's numbers."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed: the kernel trace needs the wheel "
+                                              "(pip install 'xprop[gpu]'), not a device")
+    from test_kernels import assert_in_net_dtype, assert_writes_in_place, evaluate, fake_array, recording, trace
+    from xprop import kernels
+
+    rng = np.random.default_rng(5)
+    nets = make_nets(3, sizes=(5, 4, 3), dtype=dtype)
+    opts = [xprop.Adam(lr=1e-2), xprop.Adam(lr=1e-3, betas=(0.8, 0.99), weight_decay=1e-2), xprop.Adam(eps=1e-3)]
+    stack = Stack(nets)
+    plain = Stack(nets)
+    plain.fast = False
+    plain.params = {k: v.copy() for k, v in plain.params.items()}
+    opt, ref = StackedOptimizer([fresh(o) for o in opts], stack), StackedOptimizer([fresh(o) for o in opts], plain)
+    P, m, v = stack.flat.copy(), np.zeros_like(stack.flat), np.zeros_like(stack.flat)
+    for t in range(3):
+        G = rng.standard_normal(P.shape).astype(dtype)
+        ref.step(plain.params, {k: x.copy() for k, x in stack.views(G.copy()).items()}, [(0, 3)])
+        opt.t += 1
+        host = [P, G, m, v, *opt.kernel_columns(0, 3)]
+        fakes = [fake_array(cupy, a.shape, a.dtype) for a in host]
+        with recording() as calls:                 # the call the CuPy stack makes, recorded
+            kernels._adam(cupy, *fakes)
+        (fused, args), = calls
+        tr = trace(fused, args)
+        assert_in_net_dtype(tr, dtype)
+        assert_writes_in_place(tr, {0, 2, 3})      # P, m, v in place
+        host_of = {id(f): a for f, a in zip(fakes, host)}
+        final = evaluate(tr, [host_of[id(a)] for a in args])
+        P, m, v = final[0], final[2], final[3]
+    flat_ref = np.concatenate([plain.params[k].reshape(3, -1) for k in plain.shapes], axis=1)
+    assert rel(P, flat_ref) <= tolerance("fast", dtype)

@@ -290,11 +290,8 @@ class StackedStep:
         # ---- output delta, times each model's s = scale_i / m_i (0 on padding rows)
         dZ = buf.dZ_L
         if self._softmax_ce or rules.fused:
-            if self.use_kernels:
-                dZ = kernels.output_delta(AL, Y, s)          # dZ_L · s = (A_L − Y) · s
-            else:
-                xp.subtract(AL, Y, out=dZ)                   # dZ_L = A_L − Y
-                dZ *= s
+            xp.subtract(AL, Y, out=dZ)                       # dZ_L = A_L − Y
+            dZ *= s                                          # each model's s: a (k, 1, 1) column
         else:
             dA_L = rules.loss.grad(xp, Z, AL, Y)             # elementwise for every loss
             if net.output == "softmax":                      # the softmax Jacobian works row by row
@@ -318,7 +315,8 @@ class StackedStep:
             if l > 1:
                 dA = xp.matmul(dZ, _swap(xp, W), out=buf.dA[l - 1])   # dA_{l-1} = dZ_l W_lᵀ
                 if fused is not None:                        # dZ_{l-1} = dA_{l-1} ∘ g'(Z_{l-1})
-                    dZ = fused(dA, A_prev)
+                    fused(xp, dA, A_prev)                    # in place: one launch
+                    dZ = dA
                 elif g.backward_inplace:
                     dZ = g.backward_inplace(xp, dA, A_prev, buf.tmp[l - 1])
                 else:

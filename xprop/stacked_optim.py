@@ -132,6 +132,13 @@ class StackedOptimizer:
         return (xp.reshape(xp.asarray(c2, dtype=dt), (b - a, 1)),
                 xp.reshape(xp.asarray(ss, dtype=dt), (b - a, 1)))
 
+    def kernel_columns(self, a, b) -> list:
+        """Adam's kernel scalars for models ``a:b`` as ``(b − a, 1)`` columns in the stack's dtype:
+        ``β1, 1 − β1, β2, 1 − β2, √(1 − β2ᵗ), eps, lr/(1 − β1ᵗ), weight_decay``."""
+        c2, ss = self._bias_columns(a, b)
+        return [self.beta1[a:b], self.one_minus_b1[a:b], self.beta2[a:b], self.one_minus_b2[a:b], c2,
+                self.eps[a:b], ss, self.weight_decay[a:b]]
+
     def _update_fast(self, P, G, state, a, b):
         xp = self.xp
         if self.cls is SGD:
@@ -153,17 +160,16 @@ class StackedOptimizer:
             P -= G                                           # P = P − lr · g
             return
         # Adam
+        m, v = state["m"], state["v"]
+        if self.use_kernels:
+            # CuPy: Adam's own fused kernel in place, its scalars as (k, 1) columns of the
+            # stack's dtype (computed on the host in double precision, rounded once)
+            kernels._adam(xp, P, G, m, v, *self.kernel_columns(a, b))
+            return
         c2, ss = self._bias_columns(a, b)
+        b1, b2, eps = self.beta1[a:b], self.beta2[a:b], self.eps[a:b]
         if self.any_decay:
             G += self.weight_decay[a:b] * P
-        m, v = state["m"], state["v"]
-        b1, b2, eps = self.beta1[a:b], self.beta2[a:b], self.eps[a:b]
-        if self.use_kernels:                                 # CuPy: one fused kernel
-            new_p, new_m, new_v = kernels.adam_update(P, G, m, v, b1, b2, c2, eps, ss)
-            xp.copyto(P, new_p)
-            xp.copyto(m, new_m)
-            xp.copyto(v, new_v)
-            return
         m *= b1
         k, n = G.shape
         scratch = self.scratch                           # (1 − β1)·g through a bounded scratch
