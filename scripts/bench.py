@@ -26,6 +26,8 @@ xprop    ``xprop.fit`` with plain SGD (its per-epoch timer, i.e. the step fit ru
 floor    only the matrix products of the same step, into preallocated buffers
 torch    PyTorch eager: nn.Sequential, cross-entropy, torch.optim.SGD (if installed)
 sklearn  MLPClassifier, one epoch of solver="sgd" (if installed; CPU only)
+jax      JAX: the same SGD step as ``jax.jit(step)`` (if installed); compare on one pinned core
+         (``taskset -c 0``): JAX's CPU runtime ignores thread settings
 
 Memory mode
 -----------
@@ -225,7 +227,60 @@ class SklearnRunner:
             return len(self.X) / (time.perf_counter() - t0)
 
 
-RUNNERS = [XpropRunner, FloorRunner, TorchRunner, SklearnRunner]
+class JaxJitRunner:
+    """JAX: the same SGD step for one model as ``jit(step)``, on the same batches."""
+
+    name = "jax"
+
+    def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
+        import jax  # noqa: PLC0415
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        if backend == "cupy" and jax.default_backend() != "gpu":
+            raise RuntimeError("JAX has no GPU here")
+        self.jax = jax
+        rng = numpy.random.default_rng(0)
+        self.params = [(jnp.asarray((rng.standard_normal((a, b)) * math.sqrt(2 / a)).astype(dtype)),
+                        jnp.zeros((b,), dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+        X, y = make_data(sizes, batch, steps)
+        self.X, self.y = jnp.asarray(X.astype(dtype)), jnp.asarray(y)
+        self.rng, self.steps, self.batch, self.shuffle = rng, steps, batch, shuffle
+
+        def loss(params, x, y):
+            a = x
+            for i, (W, b) in enumerate(params):
+                a = a @ W + b
+                if i < len(params) - 1:
+                    a = jax.nn.relu(a)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), y[:, None], axis=1))
+
+        def step(params, x, y):
+            grads = jax.grad(loss)(params, x, y)
+            return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+
+        def gathered(params, X, y, idx):                 # shuffled: the batch's rows gathered
+            return step(params, X[idx], y[idx])
+
+        self.step = jax.jit(step)
+        self.gathered = jax.jit(gathered)
+
+    def run(self):
+        jnp, b = self.jax.numpy, self.batch
+        if self.shuffle:
+            order = jnp.asarray(self.rng.permutation(len(self.X))[: self.steps * b].reshape(self.steps, b))
+        t0 = time.perf_counter()
+        p = self.params
+        for s in range(self.steps):
+            if self.shuffle:
+                p = self.gathered(p, self.X, self.y, order[s])
+            else:
+                p = self.step(p, self.X[s * b:(s + 1) * b], self.y[s * b:(s + 1) * b])
+        self.jax.block_until_ready(p)
+        self.params = p
+        return self.steps * b / (time.perf_counter() - t0)
+
+
+RUNNERS = [XpropRunner, FloorRunner, TorchRunner, SklearnRunner, JaxJitRunner]
 
 
 # ------------------------------------------------------- K models at once (--many K)
@@ -740,7 +795,7 @@ def main(argv=None):
     p.add_argument("--threads", default="1", help="comma-separated BLAS thread counts (default 1)")
     p.add_argument("--rounds", type=int, default=5, help="counted rounds per contender (default 5)")
     p.add_argument("--steps", type=int, default=None, help="steps per round (default: by config size)")
-    p.add_argument("--only", default="xprop,floor,torch,sklearn", help="contenders to run")
+    p.add_argument("--only", default="xprop,floor,torch,sklearn,jax", help="contenders to run")
     p.add_argument("--quick", action="store_true", help="2 rounds of few steps: a smoke run")
     p.add_argument("--shuffle", action="store_true",
                    help="every contender reshuffles each epoch and gathers its batches")
