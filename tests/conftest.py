@@ -57,6 +57,7 @@ OUTPUT_LOSSES = [
     ("tanh", "mse"),
     ("sigmoid", "mse"),
     ("softmax", "mse"),
+    ("exp", "poisson"),
 ]
 
 LAYOUTS = ["rows", "columns"]
@@ -236,6 +237,8 @@ def _loss_term_magnitudes(loss, Z, A, Y):
         return (np.maximum(Z, 0) + np.abs(Z * Y) + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1)
     if loss == "mse":               # L_i = ½ Σ_j (A − Y)²: no cancellation
         return ((A - Y) ** 2).sum(axis=1) / 2
+    if loss == "poisson":           # L_i = Σ_j e^{Z_ij} − Y_ij Z_ij
+        return (np.abs(A) + np.abs(Y * Z)).sum(axis=1)
     raise ValueError(f"no term magnitudes for loss {loss!r}")
 
 

@@ -177,6 +177,15 @@ def softmax_backward(xp, dA, Z, A):
     return A * (dA - xp.sum(dA * A, axis=1, keepdims=True))
 
 
+# exp (output only, the inverse of the Poisson log link): g(z) = e^z;  g'(z) = e^z = A
+def exp(xp, Z):
+    return xp.exp(Z)
+
+
+def exp_backward(xp, dA, Z, A):
+    return dA * A
+
+
 ACTIVATIONS: dict[str, Activation] = {
     "sigmoid": Activation(sigmoid, sigmoid_backward,
                           backward_inplace=sigmoid_backward_inplace),
@@ -190,6 +199,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation(identity, identity_backward,
                            backward_inplace=identity_backward_inplace, scratch=False),
     "softmax": Activation(softmax, softmax_backward, hidden=False),
+    "exp": Activation(exp, exp_backward, hidden=False),
 }
 
 HIDDEN = tuple(name for name, act in ACTIVATIONS.items() if act.hidden)

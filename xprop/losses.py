@@ -10,8 +10,8 @@ Every entry has the same functions with the same argument order::
 
 The fused output delta
 ----------------------
-For softmax + cross-entropy and for sigmoid + binary cross-entropy the output
-delta is simply::
+For softmax + cross-entropy, sigmoid + binary cross-entropy and exp + Poisson
+(the canonical links) the output delta is simply::
 
     dZ_L = A_L − Y
 
@@ -23,7 +23,7 @@ softmax + CE through the softmax Jacobian, provided every row of Y sums to 1
 (one-hot or a probability distribution). Computing it the long way is not
 only wasteful but unstable: when a unit saturates, ``A(1 − A)`` rounds to 0
 and the division gives inf or NaN, while ``A − Y`` stays exact. The network
-therefore uses ``A − Y`` for these two pairs (``Loss.fused_output``) and the
+therefore uses ``A − Y`` for these pairs (``Loss.fused_output``) and the
 generic ``dA ∘ g'(Z)`` for every other pair; the generic ``grad`` functions of
 CE and BCE are kept, with guarded divisions, as the reference that a test
 compares the fused delta against.
@@ -83,6 +83,18 @@ def binary_cross_entropy_grad(xp, Z, A, Y):
     return (A - Y) / xp.maximum(A * (1 - A), _tiny(xp, A))
 
 
+# Poisson deviance with exp output (log link): L_i = Σ_j [A_ij − Y_ij log A_ij], up to terms in Y alone.
+# With A = e^Z: L_i = Σ_j [e^{Z_ij} − Y_ij Z_ij]; dL/dA = 1 − Y/A, and through g'(Z) = A the
+# output delta is dZ = A − Y: the third fused pair.
+def poisson(xp, Z, A, Y):
+    m = Z.shape[0]
+    return xp.sum(A - Y * Z) / m
+
+
+def poisson_grad(xp, Z, A, Y):
+    return 1 - Y / xp.maximum(A, _tiny(xp, A))
+
+
 # Mean squared error: L_i = ½ Σ_j (A_ij − Y_ij)²
 def mse(xp, Z, A, Y):
     m = Z.shape[0]
@@ -100,10 +112,11 @@ LOSSES: dict[str, Loss] = {
         binary_cross_entropy, binary_cross_entropy_grad, fused_output="sigmoid"
     ),
     "mse": Loss(mse, mse_grad),
+    "poisson": Loss(poisson, poisson_grad, fused_output="exp"),
 }
 
 # The natural loss of each output activation (loss=None).
-DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "exp": "poisson"}
 
 
 def get_loss(name: str) -> Loss:

@@ -39,6 +39,7 @@ from .validation import (
     check_dtype_name,
     check_inputs,
     check_layer_sizes,
+    check_sample_weight,
     check_seed,
     check_targets,
 )
@@ -290,11 +291,19 @@ class MLP:
         dA = self._loss.grad(xp, Z, A, Y)                  # dA_L = ∂L/∂A_L
         return self._g_out.backward(xp, dA, Z, A)          # dZ_L = dA_L ∘ g_L'(Z_L)
 
-    def backward_rows(self, cache, Y):
-        """Backward pass from a row-layout cache and targets ``Y : (m, n_L)``."""
+    def backward_rows(self, cache, Y, sample_weight=None):
+        """Backward pass from a row-layout cache and targets ``Y : (m, n_L)``.
+
+        With ``sample_weight : (m,)`` the cost is the weighted mean
+        ``J = Σ_i w_i L_i / Σ_i w_i``: ``dZ_L`` is scaled row by row by ``w_i``
+        and ``Σ_i w_i`` takes the place of ``m`` below.
+        """
         xp = self.xp
         m = Y.shape[0]
         dZ = self.output_delta(cache, Y)
+        if sample_weight is not None:
+            dZ = dZ * xp.reshape(sample_weight, (-1, 1))  # dZ_L,i = w_i (∂L_i/∂Z_L,i)
+            m = xp.sum(sample_weight)
         grads = {}
         for l in range(self.L, 0, -1):
             W, b = self.row_params(l)
@@ -357,7 +366,7 @@ class MLP:
         cache = self._cache_to_layout(cache)
         return cache[f"A{self.L}"], cache
 
-    def backward(self, cache, Y):
+    def backward(self, cache, Y, sample_weight=None):
         """Backward pass: gradients of J with respect to every parameter.
 
         Parameters
@@ -366,6 +375,9 @@ class MLP:
             As returned by :meth:`forward`.
         Y : array
             Targets for the same examples (see :func:`xprop.validation.check_targets`).
+        sample_weight : array ``(m,)``, optional
+            Weights of the examples: the gradients are those of the weighted
+            mean ``J = Σ_i w_i L_i / Σ_i w_i`` (None: every weight 1).
 
         Returns
         -------
@@ -376,8 +388,12 @@ class MLP:
         if not isinstance(cache, dict):
             raise TypeError(f"cache must be the dict returned by forward(); got {type(cache).__name__}")
         rows = self._cache_from_layout(cache)
-        Y = check_targets(self, Y, rows["A0"].shape[0])
-        return self.grads_to_layout(self.backward_rows(rows, Y))
+        m = rows["A0"].shape[0]
+        Y = check_targets(self, Y, m)
+        if sample_weight is None:
+            return self.grads_to_layout(self.backward_rows(rows, Y))
+        sample_weight = check_sample_weight(self, sample_weight, m)
+        return self.grads_to_layout(self.backward_rows(rows, Y, sample_weight))
 
     def cost(self, X, Y) -> float:
         """The cost ``J = (1/m) Σ_i L_i`` on ``(X, Y)``."""

@@ -20,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_dtype_name",
     "check_seed",
+    "check_sample_weight",
     "check_positive_number",
     "check_positive_int",
     "check_inputs",
@@ -156,6 +157,21 @@ def check_inputs(net, X, *, name: str = "X"):
         X = xp.astype(X, net.dtype)
     _require_finite(xp, name, X)
     return X
+
+
+def check_sample_weight(net, w, m: int, *, name: str = "sample_weight"):
+    """Example weights ``(m,)`` in the net's dtype: finite, non-negative, not all zero."""
+    xp = net.xp
+    w = _to_backend(w, xp, name, net.device)
+    _refuse_kind(name, w, "fiu")
+    if w.ndim != 1 or w.shape[0] != m:
+        raise ValueError(f"{name} must be 1-D with one weight per example ({m}); got shape {tuple(w.shape)}")
+    w = xp.astype(w, net.dtype, copy=False)
+    _require_finite(xp, name, w)
+    if bool(xp.any(w < 0)) or not bool(xp.sum(w) > 0):
+        raise ValueError(f"{name} must be non-negative with a positive sum; got values from "
+                         f"{float(xp.min(w)):.6g} to {float(xp.max(w)):.6g}, sum {float(xp.sum(w)):.6g}")
+    return w
 
 
 def one_hot(xp, labels, n_out: int, dtype, out=None):
