@@ -336,6 +336,9 @@ class BaseMLP(BaseEstimator):
         self._drop_weight_cache()
         self.__dict__.pop("_optimizer", None)
         self._best_flat = self.net_.params.flat.copy()
+        self._init_stopping_state()
+
+    def _init_stopping_state(self):
         if self.solver in _STOCHASTIC_SOLVERS:
             self.loss_curve_ = []
             self._no_improvement_count = 0
@@ -362,6 +365,8 @@ class BaseMLP(BaseEstimator):
             for name, value in (("n_iter_", 0), ("t_", 0)):
                 if not hasattr(self, name):
                     setattr(self, name, value)
+            if not hasattr(self, "loss_curve_"):
+                self._init_stopping_state()
         self._load_user_weights()
         have, want = tuple(self.net_.sizes), tuple(layer_units)
         problems = []
