@@ -430,6 +430,8 @@ class BaseMLP(BaseEstimator):
                              f"{sw.shape}")
         if sw.shape != (n_samples,):
             raise ValueError(f"sample_weight.shape == {sw.shape}, expected {(n_samples,)}!")
+        if not np.any(sw):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
         return sw
 
     # ------------------------------------------------------ data on the device
