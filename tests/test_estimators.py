@@ -376,3 +376,108 @@ def test_sample_weight_of_ones_is_no_weight_and_integer_weights_repeat_rows():
 def test_strict_device_is_stored_and_numpy_has_nothing_to_check():
     clf = small(strict_device=True).fit(*blobs())
     assert clf.strict_device is True and clf.n_iter_ == 5
+
+
+# -------------------------------------------------------------------- CuPy
+# The GPU path: the same key tests with backend="cupy" (scikit-learn's whole suite runs on
+# CuPy too, in tests/test_sklearn_mlp_suite.py). Skipped with the reason where CuPy is not
+# usable (tests/conftest.py).
+def _cupy():
+    return xprop.get_xp("cupy")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_cupy_fit_gives_scikit_learns_weights(solver):
+    """On the GPU, from host data as from device data, the fit is scikit-learn's to rounding."""
+    cp = _cupy()
+    X, y = blobs(m=150)
+    Xr, yr = regression(t=2)
+    kw = {"solver": solver, "hidden_layer_sizes": (12,), "random_state": 0, "max_iter": 10,
+          "learning_rate_init": 0.01, "alpha": 1e-3}
+    for ours, theirs, data in (
+        (MLPClassifier(backend="cupy", **kw), sk_nn.MLPClassifier(**kw), (X, y)),
+        (MLPRegressor(backend="cupy", early_stopping=solver != "lbfgs", **kw),
+         sk_nn.MLPRegressor(early_stopping=solver != "lbfgs", **kw), (Xr, yr)),
+        (MLPClassifier(backend="cupy", **kw), sk_nn.MLPClassifier(**kw), (cp.asarray(X), y)),
+    ):
+        ours.fit(*data)
+        theirs.fit(to_numpy(data[0]), data[1])
+        assert ours.net_.backend == "cupy" and ours.n_iter_ == theirs.n_iter_
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+            assert isinstance(a, np.ndarray) and a.dtype == b.dtype
+            assert np.abs(a - b).max() / np.abs(b).max() <= tolerance("sklearn", "float64")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("net_backend", ["cupy", "numpy"])
+def test_predict_returns_the_kind_of_array_it_was_given(net_backend):
+    cp = _cupy()
+    X, y = blobs()
+    clf = small(backend=net_backend).fit(cp.asarray(X), cp.asarray(y))
+    assert isinstance(clf.predict(X), np.ndarray) and isinstance(clf.predict_proba(X), np.ndarray)
+    assert isinstance(clf.predict(cp.asarray(X)), cp.ndarray)
+    assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(clf.predict(cp.asarray(X))), clf.predict(X))
+    assert clf.score(cp.asarray(X), cp.asarray(y)) == clf.score(X, y)
+    binary = small(backend=net_backend).fit(cp.asarray(X), y == 1)
+    np.testing.assert_array_equal(cp.asnumpy(binary.predict(cp.asarray(X))), binary.predict(X))
+    Xr, yr = regression()
+    reg = small(MLPRegressor, backend=net_backend).fit(cp.asarray(Xr), yr)
+    assert isinstance(reg.predict(cp.asarray(Xr)), cp.ndarray) and reg.predict(Xr).shape == (len(Xr),)
+
+
+@pytest.mark.gpu
+def test_cupy_coefs_are_cached_read_only_host_copies_refreshed_by_training():
+    X, y = blobs()
+    clf = small(backend="cupy", solver="sgd").fit(X, y)
+    first = clf.coefs_
+    assert clf.coefs_ is first and isinstance(first[0], np.ndarray) and not first[0].flags.writeable
+    np.testing.assert_array_equal(first[0], to_numpy(clf.net_.params["W1"]))
+    clf.partial_fit(X, y)
+    assert clf.coefs_ is not first and not np.array_equal(clf.coefs_[0], first[0])
+    clf.coefs_ = [np.zeros_like(W) for W in clf.coefs_]  # assigning still sets the weights
+    clf.predict(X)
+    assert float(_cupy().abs(clf.net_.params["W1"]).max()) == 0.0
+
+
+@pytest.mark.gpu
+def test_cupy_device_inputs_early_stopping_sparse_and_pickling():
+    cp = _cupy()
+    X, y = blobs()
+    clf = small(backend="cupy", early_stopping=True).fit(cp.asarray(X), cp.asarray(y))
+    assert clf.n_features_in_ == X.shape[1] and len(clf.validation_scores_) == clf.n_iter_
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(cp.asarray(X[:, :2]))
+    back = pickle.loads(pickle.dumps(clf))
+    assert back.net_.backend == "cupy"
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    dense = small(backend="cupy", solver="sgd").fit(X, y)
+    sparse = small(backend="cupy", solver="sgd").fit(scipy.sparse.csr_matrix(X), y)
+    np.testing.assert_allclose(sparse.predict_proba(scipy.sparse.csr_matrix(X)), dense.predict_proba(X),
+                               rtol=tolerance("backends", "float64"))
+
+
+@pytest.mark.gpu
+def test_strict_device_trains_device_data_without_a_transfer_and_refuses_sparse_batches():
+    cp = _cupy()
+    X, y = blobs()
+    strict = small(backend="cupy", strict_device=True).fit(cp.asarray(X), cp.asarray(y))
+    loose = small(backend="cupy").fit(cp.asarray(X), cp.asarray(y))
+    np.testing.assert_array_equal(strict.predict_proba(X), loose.predict_proba(X))
+    with pytest.raises(RuntimeError, match="strict_device"):
+        small(backend="cupy", strict_device=True).fit(scipy.sparse.csr_matrix(X), y)
+
+
+def test_unpickling_a_cupy_model_where_cupy_is_unusable_loads_it_on_numpy(monkeypatch):
+    X, y = blobs()
+    clf = small().fit(X, y)
+    state = clf.__getstate__()
+    state["net_"]["backend"] = "cupy"  # as if pickled from a GPU model
+    monkeypatch.setattr(xprop.backend, "cupy_status", lambda: (False, "simulated: no GPU here"))
+    back = MLPClassifier.__new__(MLPClassifier)
+    with pytest.warns(RuntimeWarning, match="loaded onto NumPy"):
+        back.__setstate__(state)
+    assert back.net_.backend == "numpy"
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    back.partial_fit(X, y)  # and it keeps training there

@@ -40,6 +40,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 OLD_IMPORT = "from sklearn.neural_network import MLPClassifier, MLPRegressor"
 NEW_IMPORT = "from xprop.estimators import MLPClassifier, MLPRegressor"
+CUPY_IMPORT = "from xprop_cupy_estimators import MLPClassifier, MLPRegressor"
+
+# For the GPU run: the same classes with backend="cupy" as the default, so that every
+# estimator the suite builds (and clones, and pickles) trains on the GPU.
+CUPY_MODULE = '''
+import types
+from xprop import estimators
+
+
+def _on_cupy(cls):
+    init = cls.__init__
+    new_init = types.FunctionType(init.__code__, init.__globals__, init.__name__, init.__defaults__,
+                                  init.__closure__)
+    new_init.__kwdefaults__ = {**init.__kwdefaults__, "backend": "cupy"}
+    return type(cls.__name__, (cls,), {"__init__": new_init, "__module__": __name__})
+
+
+MLPClassifier = _on_cupy(estimators.MLPClassifier)
+MLPRegressor = _on_cupy(estimators.MLPRegressor)
+'''
 
 # Tests excluded from the run, by name, with why. Empty: the three tests that read or set
 # scikit-learn's private state (test_gradient calls _loss_grad_lbfgs, test_learning_rate_warmstart
@@ -61,25 +81,31 @@ def pytest_collection_modifyitems(config, items):
 '''
 
 
-def copied_suite(tmp_path: Path) -> Path:
-    """scikit-learn's installed test_mlp.py in ``tmp_path`` with only the import changed."""
+def copied_suite(tmp_path: Path, backend: str = "numpy") -> Path:
+    """scikit-learn's installed test_mlp.py in ``tmp_path`` with only the import changed.
+
+    ``backend="cupy"``: the import is of xprop's classes with ``backend="cupy"`` as default.
+    """
     sklearn = pytest.importorskip("sklearn", reason="scikit-learn (xprop's [sklearn] extra) is not installed")
     source = Path(sklearn.__file__).parent / "neural_network" / "tests" / "test_mlp.py"
     if not source.is_file():
         pytest.skip(f"this scikit-learn install does not ship its tests ({source} is missing)")
     text = source.read_text(encoding="utf-8")
     assert text.count(OLD_IMPORT) == 1, f"{source} no longer imports the estimators as {OLD_IMPORT!r}"
-    text = text.replace(OLD_IMPORT, NEW_IMPORT)
-    assert "import MLP" not in text.replace(NEW_IMPORT, ""), "the copied suite must not reach scikit-learn's own MLP any other way"
+    new_import = NEW_IMPORT if backend == "numpy" else CUPY_IMPORT
+    text = text.replace(OLD_IMPORT, new_import)
+    if backend == "cupy":
+        (tmp_path / "xprop_cupy_estimators.py").write_text(CUPY_MODULE, encoding="utf-8")
+    assert "import MLP" not in text.replace(new_import, ""), "the copied suite must not reach scikit-learn's own MLP any other way"
     (tmp_path / "test_mlp.py").write_text(text, encoding="utf-8")
     (tmp_path / "conftest.py").write_text(CONFTEST, encoding="utf-8")
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     return tmp_path / "test_mlp.py"
 
 
-def run_suite(tmp_path: Path, excluded) -> dict[str, str]:
+def run_suite(tmp_path: Path, excluded, backend="numpy") -> dict[str, str]:
     """Run the copied suite; the outcome of each test id: passed, failed, error or skipped."""
-    suite = copied_suite(tmp_path)
+    suite = copied_suite(tmp_path, backend)
     report = tmp_path / "report.xml"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                XPROP_SUITE_EXCLUDED=json.dumps(sorted(excluded)))
@@ -99,6 +125,16 @@ def run_suite(tmp_path: Path, excluded) -> dict[str, str]:
     return outcomes
 
 
+def test_the_cupy_classes_default_to_cupy_and_are_xprops_otherwise(tmp_path):
+    copied_suite(tmp_path, "cupy")
+    code = ("import xprop_cupy_estimators as m, xprop.estimators as e; "
+            "print(m.MLPClassifier().backend, m.MLPRegressor(loss='poisson').get_params()['backend'], "
+            "m.MLPClassifier(backend='numpy').backend, issubclass(m.MLPRegressor, e.MLPRegressor))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cupy", "cupy", "numpy", "True"], out.stdout + out.stderr
+
+
 def test_the_copy_imports_xprops_estimators_and_the_excluded_tests_exist(tmp_path):
     text = copied_suite(tmp_path).read_text(encoding="utf-8")
     assert text.count(NEW_IMPORT) == 1 and text.count("import MLP") == 1
@@ -107,8 +143,9 @@ def test_the_copy_imports_xprops_estimators_and_the_excluded_tests_exist(tmp_pat
 
 
 @pytest.mark.slow
-def test_scikit_learns_mlp_tests_pass_against_xprop(tmp_path):
-    outcomes = run_suite(tmp_path, EXCLUDED)
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_scikit_learns_mlp_tests_pass_against_xprop(tmp_path, backend):
+    outcomes = run_suite(tmp_path, EXCLUDED, backend)
     output = outcomes.pop("__output__")
     defined = set(re.findall(r"^def (test_\w+)\(", (tmp_path / "test_mlp.py").read_text(encoding="utf-8"), re.M))
     ran = {name.split("[")[0] for name in outcomes}
@@ -117,5 +154,5 @@ def test_scikit_learns_mlp_tests_pass_against_xprop(tmp_path):
     not_passed = {name: outcome for name, outcome in outcomes.items() if outcome != "passed"}
     assert not not_passed, (
         f"{len(not_passed)} of {len(outcomes)} of scikit-learn's MLP tests did not pass against "
-        f"xprop: {not_passed}\n{output[-8000:]}"
+        f"xprop (backend={backend!r}): {not_passed}\n{output[-8000:]}"
     )

@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
+from ..backend import _is_cupy_array as _backend_is_cupy_array
 from ..backend import (
     BackendError,
     all_finite,
@@ -53,13 +54,8 @@ NONFINITE = ("Solver produced non-finite parameter weights. The input data may c
 
 # ------------------------------------------------------------------ helpers
 def _is_cupy_array(a) -> bool:
-    """Whether ``a`` is an array of the CuPy namespace (checked through xprop.backend)."""
-    if isinstance(a, np.ndarray) or not hasattr(a, "__array_namespace__"):
-        return False
-    try:
-        return backend_name(get_xp(a)) == "cupy"
-    except (TypeError, ValueError):
-        return False
+    """Whether ``a`` is a CuPy array (asked of xprop.backend, which owns CuPy)."""
+    return not isinstance(a, np.ndarray) and _backend_is_cupy_array(a)
 
 
 def _is_sparse(a) -> bool:
