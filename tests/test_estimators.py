@@ -481,3 +481,13 @@ def test_unpickling_a_cupy_model_where_cupy_is_unusable_loads_it_on_numpy(monkey
     assert back.net_.backend == "numpy"
     np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
     back.partial_fit(X, y)  # and it keeps training there
+
+
+def test_warm_start_may_switch_solver_and_turn_early_stopping_on():
+    X, y = blobs()
+    clf = small(solver="lbfgs", warm_start=True).fit(X, y)
+    assert not hasattr(clf, "loss_curve_")  # as scikit-learn's: no curve for lbfgs
+    clf.set_params(solver="adam", max_iter=3).fit(X, y)
+    assert len(clf.loss_curve_) == 3
+    clf.set_params(early_stopping=True).fit(X, y)
+    assert len(clf.validation_scores_) == clf.n_iter_ and len(clf.loss_curve_) == 3 + clf.n_iter_

@@ -361,8 +361,10 @@ class BaseMLP(BaseEstimator):
             for name, value in (("n_iter_", 0), ("t_", 0)):
                 if not hasattr(self, name):
                     setattr(self, name, value)
-            if not hasattr(self, "loss_curve_"):
-                self._init_stopping_state()
+        if self.solver in _STOCHASTIC_SOLVERS and not hasattr(self, "loss_curve_"):
+            self._init_stopping_state()  # continuing an lbfgs fit (or assigned weights) with sgd/adam
+        elif self.early_stopping and getattr(self, "validation_scores_", None) is None:
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
         self._load_user_weights()
         have, want = tuple(self.net_.sizes), tuple(layer_units)
         problems = []
@@ -500,8 +502,6 @@ class BaseMLP(BaseEstimator):
     # ----------------------------------------------------------------- fitting
     def _fit(self, X, y, sample_weight=None, incremental=False):
         hidden = self._check_params()
-        if "net_" in self.__dict__:
-            self._load_user_weights()
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         n_samples, n_features = X.shape
