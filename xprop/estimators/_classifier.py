@@ -11,7 +11,8 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ..backend import get_xp, to_numpy
-from ._base import BaseMLP, _host, _like_input
+from ._base import BaseMLP
+from ._checks import _host, _like_input
 from ._docs import CLASSIFIER_DOC
 
 __all__ = ["MLPClassifier"]

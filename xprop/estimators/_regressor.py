@@ -7,7 +7,8 @@ from sklearn.metrics import r2_score
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._base import BaseMLP, _host, _like_input
+from ._base import BaseMLP
+from ._checks import _host, _like_input
 from ._docs import REGRESSOR_DOC
 
 __all__ = ["MLPRegressor"]
