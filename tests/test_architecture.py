@@ -50,6 +50,8 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_PARAMETERS = 500, 60, 8
 LONG_MODULES = {
     "backend": "the one door to the hardware: every CuPy question (import, usability, devices, "
                "transfers, streams, NCCL, kernels' fuse) in one module by design",
+    "doctor": "one checklist of the machine (driver, wheels, device, kernel cache, CUDA headers, MPI, "
+              "NCCL, BLAS, memory), each check beside its probe and fix",
 }
 LONG_FUNCTIONS = {
     "explain.explain_layout": "the equations of one layout as one table, written top to bottom",
@@ -62,7 +64,8 @@ MANY_PARAMETERS = {
     "estimators._base.BaseMLP.__init__": "scikit-learn estimators name every hyperparameter in __init__",
     "estimators._classifier.MLPClassifier.__init__": "scikit-learn's MLPClassifier signature, plus the extras",
     "estimators._regressor.MLPRegressor.__init__": "scikit-learn's MLPRegressor signature, plus the extras",
-    "kernels.adam_update": "one fused elementwise kernel: its operands and scalars are its arguments",
+    "kernels.adam_update": "the update's four arrays and Adam's hyperparameters and step count",
+    "kernels._adam": "one fused elementwise kernel: cupy.fuse takes its operands and scalars as arguments",
 }
 
 

@@ -1,9 +1,9 @@
 """Tests of xprop.estimators: scikit-learn's estimator checks, then what scikit-learn's
 own MLP tests (tests/test_sklearn_mlp_suite.py) and the comparison of numbers
 (tests/test_sklearn_numbers.py) do not cover: xprop's extras (backend, dtype,
-strict_device, CuPy in → CuPy out, ``net_``), the weights as attributes, the
-plain bug of NumPy scalars as parameters, divergence, pickling, and the GPU
-path (``gpu``-marked, skipped with the reason where CuPy is not usable).
+strict_device, ``net_``), the weights as attributes, the plain bug of NumPy
+scalars as parameters, divergence, pickling. The GPU path (CuPy in → CuPy
+out, the fit on a device) is in test_estimators_gpu.py.
 """
 
 from __future__ import annotations
@@ -17,21 +17,25 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse
-from sklearn import neural_network as sk_nn
-from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
-from sklearn.model_selection import GridSearchCV, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import xprop
-import xprop.backend
-from xprop import estimators
-from xprop.backend import to_numpy
-from xprop.estimators import MLPClassifier, MLPRegressor
-from xprop.tolerances import tolerance
+# Every test here needs scikit-learn (the estimator checks even to be collected):
+# without it this module is skipped with the reason; the estimators' GPU tests live
+# in test_estimators_gpu.py and are still collected.
+pytest.importorskip("sklearn", reason="scikit-learn is not installed: pip install 'xprop[sklearn]'")
+
+import scipy.sparse  # noqa: E402
+from sklearn import neural_network as sk_nn  # noqa: E402
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import xprop  # noqa: E402
+import xprop.backend  # noqa: E402
+from xprop import estimators  # noqa: E402
+from xprop.estimators import MLPClassifier, MLPRegressor  # noqa: E402
 
 # The nets here run a few epochs for speed, short of convergence on purpose: scikit-learn's
 # ConvergenceWarning is expected and ignored, except where a test asks for it (pytest.warns).
@@ -123,6 +127,11 @@ def test_sklearn_estimator_checks(estimator, check, monkeypatch):
     except unittest.SkipTest as exc:  # e.g. pandas missing: no check is dropped silently
         if any(reason in str(exc) for reason in INTRINSIC_SKIPS):
             pytest.skip(f"as for scikit-learn's MLP: {exc}")
+        try:
+            import pandas  # noqa: F401, PLC0415
+        except ImportError:  # an optional test dependency: this check skips, saying so
+            pytest.skip(f"pandas is not installed (pip install 'xprop[test]'); scikit-learn skipped "
+                        f"this check: {exc}")
         pytest.fail(f"scikit-learn skipped this check ({exc}); install what it needs (the test extra)")
 
 
@@ -376,97 +385,6 @@ def test_sample_weight_of_ones_is_no_weight_and_integer_weights_repeat_rows():
 def test_strict_device_is_stored_and_numpy_has_nothing_to_check():
     clf = small(strict_device=True).fit(*blobs())
     assert clf.strict_device is True and clf.n_iter_ == 5
-
-
-# -------------------------------------------------------------------- CuPy
-# The GPU path: the same key tests with backend="cupy" (scikit-learn's whole suite runs on
-# CuPy too, in tests/test_sklearn_mlp_suite.py). Skipped with the reason where CuPy is not
-# usable (tests/conftest.py).
-def _cupy():
-    return xprop.get_xp("cupy")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
-def test_cupy_fit_gives_scikit_learns_weights(solver):
-    """On the GPU, from host data as from device data, the fit is scikit-learn's to rounding."""
-    cp = _cupy()
-    X, y = blobs(m=150)
-    Xr, yr = regression(t=2)
-    kw = {"solver": solver, "hidden_layer_sizes": (12,), "random_state": 0, "max_iter": 10,
-          "learning_rate_init": 0.01, "alpha": 1e-3}
-    for ours, theirs, data in (
-        (MLPClassifier(backend="cupy", **kw), sk_nn.MLPClassifier(**kw), (X, y)),
-        (MLPRegressor(backend="cupy", early_stopping=solver != "lbfgs", **kw),
-         sk_nn.MLPRegressor(early_stopping=solver != "lbfgs", **kw), (Xr, yr)),
-        (MLPClassifier(backend="cupy", **kw), sk_nn.MLPClassifier(**kw), (cp.asarray(X), y)),
-    ):
-        ours.fit(*data)
-        theirs.fit(to_numpy(data[0]), data[1])
-        assert ours.net_.backend == "cupy" and ours.n_iter_ == theirs.n_iter_
-        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
-            assert isinstance(a, np.ndarray) and a.dtype == b.dtype
-            assert np.abs(a - b).max() / np.abs(b).max() <= tolerance("sklearn", "float64")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("net_backend", ["cupy", "numpy"])
-def test_predict_returns_the_kind_of_array_it_was_given(net_backend):
-    cp = _cupy()
-    X, y = blobs()
-    clf = small(backend=net_backend).fit(cp.asarray(X), cp.asarray(y))
-    assert isinstance(clf.predict(X), np.ndarray) and isinstance(clf.predict_proba(X), np.ndarray)
-    assert isinstance(clf.predict(cp.asarray(X)), cp.ndarray)
-    assert isinstance(clf.predict_proba(cp.asarray(X)), cp.ndarray)
-    np.testing.assert_array_equal(cp.asnumpy(clf.predict(cp.asarray(X))), clf.predict(X))
-    assert clf.score(cp.asarray(X), cp.asarray(y)) == clf.score(X, y)
-    binary = small(backend=net_backend).fit(cp.asarray(X), y == 1)
-    np.testing.assert_array_equal(cp.asnumpy(binary.predict(cp.asarray(X))), binary.predict(X))
-    Xr, yr = regression()
-    reg = small(MLPRegressor, backend=net_backend).fit(cp.asarray(Xr), yr)
-    assert isinstance(reg.predict(cp.asarray(Xr)), cp.ndarray) and reg.predict(Xr).shape == (len(Xr),)
-
-
-@pytest.mark.gpu
-def test_cupy_coefs_are_cached_read_only_host_copies_refreshed_by_training():
-    X, y = blobs()
-    clf = small(backend="cupy", solver="sgd").fit(X, y)
-    first = clf.coefs_
-    assert clf.coefs_ is first and isinstance(first[0], np.ndarray) and not first[0].flags.writeable
-    np.testing.assert_array_equal(first[0], to_numpy(clf.net_.params["W1"]))
-    clf.partial_fit(X, y)
-    assert clf.coefs_ is not first and not np.array_equal(clf.coefs_[0], first[0])
-    clf.coefs_ = [np.zeros_like(W) for W in clf.coefs_]  # assigning still sets the weights
-    clf.predict(X)
-    assert float(_cupy().abs(clf.net_.params["W1"]).max()) == 0.0
-
-
-@pytest.mark.gpu
-def test_cupy_device_inputs_early_stopping_sparse_and_pickling():
-    cp = _cupy()
-    X, y = blobs()
-    clf = small(backend="cupy", early_stopping=True).fit(cp.asarray(X), cp.asarray(y))
-    assert clf.n_features_in_ == X.shape[1] and len(clf.validation_scores_) == clf.n_iter_
-    with pytest.raises(ValueError, match="features"):
-        clf.predict(cp.asarray(X[:, :2]))
-    back = pickle.loads(pickle.dumps(clf))
-    assert back.net_.backend == "cupy"
-    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
-    dense = small(backend="cupy", solver="sgd").fit(X, y)
-    sparse = small(backend="cupy", solver="sgd").fit(scipy.sparse.csr_matrix(X), y)
-    np.testing.assert_allclose(sparse.predict_proba(scipy.sparse.csr_matrix(X)), dense.predict_proba(X),
-                               rtol=tolerance("backends", "float64"))
-
-
-@pytest.mark.gpu
-def test_strict_device_trains_device_data_without_a_transfer_and_refuses_sparse_batches():
-    cp = _cupy()
-    X, y = blobs()
-    strict = small(backend="cupy", strict_device=True).fit(cp.asarray(X), cp.asarray(y))
-    loose = small(backend="cupy").fit(cp.asarray(X), cp.asarray(y))
-    np.testing.assert_array_equal(strict.predict_proba(X), loose.predict_proba(X))
-    with pytest.raises(RuntimeError, match="strict_device"):
-        small(backend="cupy", strict_device=True).fit(scipy.sparse.csr_matrix(X), y)
 
 
 def test_unpickling_a_cupy_model_where_cupy_is_unusable_loads_it_on_numpy(monkeypatch):

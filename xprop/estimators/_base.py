@@ -173,23 +173,29 @@ class BaseMLP(WeightsMixin, StochasticMixin, BaseEstimator):
                              f"[{X.shape[0]}, {y.shape[0]}]")
         return X, y
 
-    def _check_device_X(self, X, *, reset):
+    def _check_X(self, X, *, reset):
+        """The shape checks of a CuPy ``X`` (scikit-learn's wording); its values are not read."""
         if X.ndim != 2:
             raise ValueError(f"Expected a 2D array, got a {X.ndim}D array of shape {tuple(X.shape)} instead; "
                              "reshape your data with X.reshape(-1, 1) for a single feature or "
                              "X.reshape(1, -1) for a single sample")
-        if X.dtype.kind not in "fiu":
-            raise ValueError(f"X must hold numbers; got a CuPy array of dtype {X.dtype}")
-        if X.dtype.kind != "f":
-            X = X.astype("float64")
-        if not all_finite(get_xp(X), X):
-            raise ValueError("Input X contains NaN or infinity.")
         if reset:
             self.n_features_in_ = int(X.shape[1])
             self.__dict__.pop("feature_names_in_", None)
         elif X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
+        return X
+
+    def _check_device_X(self, X, *, reset):
+        """A CuPy ``X`` checked where it is: shape, then numbers and finite (one reduction)."""
+        X = self._check_X(X, reset=reset)
+        if X.dtype.kind not in "fiu":
+            raise ValueError(f"X must hold numbers; got a CuPy array of dtype {X.dtype}")
+        if X.dtype.kind != "f":
+            X = X.astype("float64")
+        if not all_finite(get_xp(X), X):
+            raise ValueError("Input X contains NaN or infinity.")
         return X
 
     @staticmethod

@@ -10,8 +10,7 @@ import numbers
 
 import numpy as np
 
-from ..backend import _is_cupy_array as _backend_is_cupy_array
-from ..backend import get_xp, to_numpy
+from ..backend import get_xp, is_cupy_array, to_numpy
 from ..validation import check_dtype_name
 
 SOLVERS = ("lbfgs", "sgd", "adam")
@@ -22,8 +21,8 @@ HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu":
 
 
 def _is_cupy_array(a) -> bool:
-    """Whether ``a`` is a CuPy array (asked of xprop.backend, which owns CuPy)."""
-    return not isinstance(a, np.ndarray) and _backend_is_cupy_array(a)
+    """Whether ``a`` is a dense CuPy array (asked of xprop.backend, which owns CuPy)."""
+    return is_cupy_array(a)
 
 
 def _is_sparse(a) -> bool:
