@@ -409,3 +409,21 @@ def test_warm_start_may_switch_solver_and_turn_early_stopping_on():
     assert len(clf.loss_curve_) == 3
     clf.set_params(early_stopping=True).fit(X, y)
     assert len(clf.validation_scores_) == clf.n_iter_ and len(clf.loss_curve_) == 3 + clf.n_iter_
+
+
+def test_assigned_weights_are_early_stoppings_start_on_a_fresh_estimator():
+    """Weights assigned before the first fit are where early stopping starts: a fit that
+    diverges in its first epoch (no score ever beats the start) gives them back unchanged."""
+    X, y = blobs()
+    W = [np.full((4, 6), 0.1), np.full((6, 3), 0.1)]
+    b = [np.zeros(6), np.array([0.0, 0.0, 1.0])]
+    clf = small(hidden_layer_sizes=(6,), warm_start=True, early_stopping=True, solver="sgd",
+                learning_rate_init=1e300, max_iter=5, batch_size=10)
+    clf.coefs_, clf.intercepts_ = [w.copy() for w in W], [v.copy() for v in b]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the rate overflows on purpose
+        with pytest.warns(ConvergenceWarning, match="diverged in iteration 1"):
+            clf.fit(X, y)
+    assert len(clf.validation_scores_) == 1
+    for got, want in zip(clf.coefs_ + clf.intercepts_, W + b):
+        np.testing.assert_array_equal(got, want)

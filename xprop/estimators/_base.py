@@ -132,7 +132,6 @@ class BaseMLP(WeightsMixin, StochasticMixin, BaseEstimator):
             dtype = np.asarray(coefs[0]).dtype.name if coefs else dtype_name
             self.net_ = self._make_net(layer_units, dtype if dtype in ("float32", "float64") else "float64")
             self._weights = (coefs, intercepts, None)
-            self._best_flat = self.net_.params.flat.copy()
             for name, value in (("n_iter_", 0), ("t_", 0)):
                 if not hasattr(self, name):
                     setattr(self, name, value)
@@ -141,6 +140,8 @@ class BaseMLP(WeightsMixin, StochasticMixin, BaseEstimator):
         elif self.early_stopping and getattr(self, "validation_scores_", None) is None:
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
         self._load_user_weights()
+        if "_best_flat" not in self.__dict__:  # the assigned weights are where early stopping starts
+            self._best_flat = self.net_.params.flat.copy()
         have, want = tuple(self.net_.sizes), tuple(layer_units)
         problems = []
         if have != want:

@@ -89,7 +89,7 @@ class StochasticMixin:
         if self.verbose:
             print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
         diverged = not all_finite(self.net_.xp, self.net_.params.flat)
-        self._update_no_improvement_count(self.early_stopping, *validation)
+        self._update_no_improvement_count(self.early_stopping, *validation, diverged=diverged)
         self._optimizer.iteration_ends(self.t_)
         if diverged:
             if not self.early_stopping:
@@ -119,9 +119,11 @@ class StochasticMixin:
         xp = get_xp(X)
         return xp.take(X, xp.asarray(rows), axis=0)
 
-    def _update_no_improvement_count(self, early_stopping, X, y, sample_weight):
+    def _update_no_improvement_count(self, early_stopping, X, y, sample_weight, diverged=False):
         if early_stopping:
-            val_score = self._score(X, y, sample_weight=sample_weight)
+            # Non-finite weights score NaN (a classifier's labels from NaN probabilities would
+            # still score a number, and such weights could be kept as the best).
+            val_score = float("nan") if diverged else self._score(X, y, sample_weight=sample_weight)
             self.validation_scores_.append(val_score)
             if self.verbose:
                 print("Validation score: %f" % self.validation_scores_[-1])
