@@ -414,6 +414,16 @@ def all_finite(xp, a) -> bool:
     return bool(xp.all(xp.isfinite(a)))
 
 
+def cast_quietly(xp, a, dtype):
+    """``xp.astype(a, dtype)`` without NumPy's "overflow encountered in cast" warning.
+
+    For callers that check the result for inf themselves and say what
+    overflowed (:func:`xprop.validation.check_inputs`).
+    """
+    with numpy.errstate(over="ignore", invalid="ignore"):
+        return xp.astype(a, dtype)
+
+
 def take_rows(xp, a, idx, out):
     """``out[...] = a[idx]`` for in-bounds row indices ``idx`` (NumPy or CuPy).
 

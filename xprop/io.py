@@ -16,14 +16,17 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy
 
 from .backend import to_numpy
+from .signals import deferred
 from .version import __version__
 
-__all__ = ["FORMAT_VERSION", "ModelFileError", "save", "load", "write_npz_atomic", "read_npz"]
+__all__ = ["FORMAT_VERSION", "ModelFileError", "save", "load", "write_npz_atomic", "write_text_atomic",
+           "write_atomic", "read_npz", "JsonLines"]
 
 FORMAT_VERSION = 1
 _META = "__meta__"
@@ -53,30 +56,64 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
         errno and type (``PermissionError``, ``FileNotFoundError``, ...) and
         its message names ``path``.
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
     payload = {name: to_numpy(a) for name, a in arrays.items()}
     payload[_META] = numpy.array(json.dumps(meta))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise _write_error(exc, path) from exc
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            numpy.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _replace(tmp, path)
-    except BaseException as exc:
+    return write_atomic(path, lambda fh: numpy.savez(fh, **payload))
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`write_atomic`)."""
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda fh: fh.write(data))
+
+
+def write_atomic(path, write) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary file is flushed and fsynced before the rename and the
+    directory after it, so a crash at any moment leaves either the old file
+    or the new one, complete. SIGINT and SIGTERM are held back from the
+    creation of the temporary file to the rename (:func:`xprop.signals.deferred`):
+    a Ctrl-C in the middle, or a second one during the first one's cleanup,
+    takes effect after the write, never leaving a temporary file. An error
+    removes the temporary file; only a hard kill (SIGKILL, power loss) can
+    leave a hidden ``.<name>.*.tmp``, which is never read.
+
+    Raises
+    ------
+    OSError
+        As :func:`write_npz_atomic`: the old file is unchanged, the message
+        names ``path``.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    with deferred():
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
             raise _write_error(exc, path) from exc
-        raise
-    try:  # make the rename itself durable
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _replace(tmp, path)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if isinstance(exc, OSError):
+                raise _write_error(exc, path) from exc
+            raise
+    _fsync_directory(directory)
+    return path
+
+
+def _fsync_directory(directory) -> None:
+    """Make a rename or a new file in ``directory`` durable (where the OS allows)."""
+    try:
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -84,7 +121,6 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> Path:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 def _write_error(exc: OSError, path: Path) -> OSError:
@@ -133,7 +169,7 @@ def read_npz(path, kind: str = "model file") -> tuple[dict, dict]:
     try:
         with open(path, "rb") as fh, numpy.load(fh, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelFileError(
             f"{kind} {str(path)!r} is not a readable xprop .npz file (truncated or corrupted?): {exc}"
         ) from None
@@ -223,3 +259,98 @@ def load(path, backend="auto"):
     net.set_params(host)
     net.metadata = meta.get("metadata", {})
     return net
+
+
+class JsonLines:
+    """An append-only file of JSON records, one per line, after a header line.
+
+    What a checkpoint keeps of a run's history (docs/errors.md, rule 7): an
+    epoch costs one appended line (written and fsynced, with SIGINT/SIGTERM
+    held back) however many came before, instead of a rewrite of the whole
+    history. The checkpoint records how many lines belong to it; lines beyond
+    that number (an epoch whose checkpoint was never written, or a line cut
+    short by a kill) are ignored on reading and cut off by :meth:`resume`.
+
+    Use :meth:`create` for a new file and :meth:`resume` for an existing one.
+    """
+
+    def __init__(self, path, fh):
+        self.path, self._fh = Path(path), fh
+
+    @classmethod
+    def create(cls, path, header: dict, records=()) -> "JsonLines":
+        """A new file holding ``header`` and ``records`` (written atomically), open for appending."""
+        lines = [json.dumps(header)] + [json.dumps(r) for r in records]
+        write_text_atomic(path, "\n".join(lines) + "\n")
+        return cls(path, cls._open_append(path))
+
+    @classmethod
+    def read(cls, path, n: int, kind: str = "history file") -> tuple[dict, list, int]:
+        """``(header, the first n records, byte offset after them)``.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ModelFileError
+            Fewer than ``n`` complete records, or a line that is not JSON.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{kind} {str(path)!r} does not exist")
+        records, header, offset = [], None, 0
+        with open(path, "rb") as fh:
+            for i, raw in enumerate(fh):
+                if len(records) == n and header is not None:
+                    break
+                if not raw.endswith(b"\n"):
+                    break                              # a line cut short: not a record
+                try:
+                    value = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise ModelFileError(f"{kind} {str(path)!r}, line {i + 1}: not a JSON "
+                                         f"record ({exc})") from None
+                if header is None:
+                    header = value
+                else:
+                    records.append(value)
+                offset += len(raw)
+        if header is None or len(records) < n:
+            raise ModelFileError(f"{kind} {str(path)!r} holds {len(records)} complete records; "
+                                 f"the checkpoint needs {n}")
+        return header, records, offset
+
+    @classmethod
+    def resume(cls, path, n: int, kind: str = "history file") -> tuple["JsonLines", dict, list]:
+        """The file cut back to its header and first ``n`` records, open for appending."""
+        header, records, offset = cls.read(path, n, kind)
+        with deferred():
+            os.truncate(path, offset)
+        return cls(path, cls._open_append(path)), header, records
+
+    @staticmethod
+    def _open_append(path):
+        try:
+            return open(path, "ab")
+        except OSError as exc:
+            raise _write_error(exc, Path(path)) from exc
+
+    def append(self, record: dict) -> None:
+        """Append one record and fsync it.
+
+        Raises
+        ------
+        OSError
+            Naming the file (disk full, ...); the records before are intact.
+        """
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        with deferred():
+            try:
+                self._fh.write(line)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise _write_error(exc, self.path) from exc
+
+    def close(self) -> None:
+        self._fh.close()

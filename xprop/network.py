@@ -139,7 +139,15 @@ class MLP:
         self.backend = backend_name(self.xp)
         self.dtype_name = check_dtype_name(dtype)
         self.dtype = getattr(self.xp, self.dtype_name)
-        self._set_params(initial_weights(self.sizes, self.init, self.seed))
+        try:
+            self._set_params(initial_weights(self.sizes, self.init, self.seed))
+        except MemoryError as exc:  # NumPy's and CuPy's out-of-memory errors alike
+            n = sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+            itemsize = 4 if self.dtype_name == "float32" else 8
+            raise MemoryError(
+                f"layer_sizes {list(self.sizes)} need {n:,} parameters ({n * itemsize / 2**30:.1f} GiB "
+                f"in {self.dtype_name}, drawn in float64 first) and they cannot be allocated on "
+                f"{self.backend} ({exc}); use smaller layers") from None
 
     # ------------------------------------------------------------------ setup
     def _set_params(self, host_layers):

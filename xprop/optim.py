@@ -46,6 +46,7 @@ class Optimizer:
         self._scratch: dict = {}   # one work buffer per parameter (fast path; not state)
         self._flat = None          # (params buffer, xp, state buffers, scratch) when flat
         self.use_kernels = False   # fused CuPy kernels where a subclass has them
+        self._params = None        # the parameter dict the state belongs to (set by the first step)
 
     # Whether _update_fast may use the gradient itself as its scratch buffer.
     grads_as_scratch = False
@@ -83,6 +84,9 @@ class Optimizer:
         """
         if scaled and self.grad_scale() is None:
             raise ValueError(f"scaled=True needs an optimizer with a gradient scale; {self!r} has none")
+        if params is not self._params:
+            self.check_params(params)
+            self._params = params
         flat = self._flat_plan(params, grads)  # names and shapes checked when the plan is made
         if flat is not None:  # every parameter in one buffer: one update for all
             self.t += 1
@@ -136,6 +140,33 @@ class Optimizer:
                 self._update_fast(xp, p, grads[f"d{name}"], state, tmp)
             else:
                 self._update(xp, p, grads[f"d{name}"], state)
+
+    def check_params(self, params) -> None:
+        """Refuse ``params`` of another net while this optimizer holds a net's state.
+
+        An optimizer's state (momentum buffers, Adam's moments and step count)
+        belongs to the parameters it first updated; stepping another net's
+        parameters with it would silently carry them over. Use one optimizer
+        per net, or call :meth:`reset` to start afresh.
+
+        Raises
+        ------
+        ValueError
+            ``params`` is not the parameter dict this optimizer's state
+            belongs to (and the optimizer has taken a step or been loaded).
+        """
+        if self._params is not None and params is not self._params and (self.t or self.state):
+            raise ValueError(
+                f"this {type(self).__name__} optimizer already holds the state of another net's "
+                f"parameters ({self.t} step{'' if self.t == 1 else 's'}"
+                f"{', ' + ' and '.join(self.state_names) + ' buffers' if self.state_names else ''}); "
+                "stepping these parameters with it would carry that state over. Use a new "
+                "optimizer for each net, or call optimizer.reset() first")
+
+    def reset(self) -> None:
+        """Forget the state and the net it belongs to: the next step starts at ``t = 1``."""
+        self.t = 0
+        self.state, self._xp, self._scratch, self._flat, self._params = {}, {}, {}, None, None
 
     def _flat_plan(self, params, grads):
         """``(xp, flat_state, scratch)`` when params and grads are single buffers, else None.
@@ -199,6 +230,7 @@ class Optimizer:
         """
         self.t = int(state["t"])
         self.state, self._xp, self._flat = {}, {}, None
+        self._params = params      # the loaded state belongs to these parameters now
         for key, value in state["arrays"].items():
             name, buf = key.split(".", 1)
             if name not in params:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .backend import all_finite, as_backend_array, dtype_kind
+from .backend import all_finite, as_backend_array, cast_quietly, dtype_kind
 from .tolerances import tolerance
 
 __all__ = [
@@ -104,10 +104,25 @@ def _first_example(xp, bad) -> int:
     return int(xp.argmax(xp.astype(rows, xp.int8)))
 
 
-def _require_finite(xp, name: str, a):
+def _require_finite(xp, name: str, a, original=None):
+    """Refuse NaN or inf in ``a``; ``original``: what ``a`` was cast from, if anything.
+
+    Finite values that only became inf in the cast (1e300 into float32) are
+    reported as such, with the range of the dtype, not as "NaN or inf".
+    """
     if not all_finite(xp, a):  # the error path only: count and locate what is wrong
         bad = xp.logical_not(xp.isfinite(a))
         n_bad = int(xp.sum(xp.astype(bad, xp.int64)))
+        if original is not None and original is not a and all_finite(xp, original):
+            i = _first_example(xp, bad)
+            row = original[i] if original.ndim == 1 else original[i, :]
+            biggest = float(xp.max(xp.abs(xp.astype(row, xp.float64))))
+            limit = float(xp.finfo(a.dtype).max)
+            raise ValueError(
+                f"{name} has {n_bad} finite value{'' if n_bad == 1 else 's'} beyond the range of "
+                f"{a.dtype} (±{limit:.6g}), the first in example {i} (magnitude {biggest:.6g}); "
+                f"scale the data first (e.g. standardise it) or use dtype='float64'"
+            )
         raise ValueError(
             f"{name} contains NaN or inf ({n_bad} value{'' if n_bad == 1 else 's'}, the first in "
             f"example {_first_example(xp, bad)}); expected finite numbers: clean or impute the data first"
@@ -153,9 +168,10 @@ def check_inputs(net, X, *, name: str = "X"):
             f"{name} must have {k} features {net.shape_text('X')} for this net; "
             f"got shape {tuple(X.T.shape if net.layout == 'columns' else X.shape)}"
         )
+    original = X
     if X.dtype != net.dtype:
-        X = xp.astype(X, net.dtype)
-    _require_finite(xp, name, X)
+        X = cast_quietly(xp, X, net.dtype)
+    _require_finite(xp, name, X, original)
     return X
 
 
@@ -182,6 +198,12 @@ def one_hot(xp, labels, n_out: int, dtype, out=None):
         return xp.astype(hits, dtype)
     out[...] = hits
     return out
+
+
+def _label_text(value) -> str:
+    """A label as the user wrote it: ``3`` for whole numbers, ``1e+20`` for huge ones."""
+    v = float(value)
+    return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False):
@@ -219,13 +241,15 @@ def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False)
                 raise ValueError(
                     f"{name} as 1-D labels must hold whole class numbers 0..{n_out - 1}; got fractional values"
                 )
-        labels = xp.astype(Y, xp.int64, copy=False)
-        lo, hi = int(xp.min(labels)), int(xp.max(labels))
-        if lo < 0 or hi >= n_out:  # checked explicitly: CuPy does not raise on bad indices
+        # the range is checked before the cast to int64 (which turns 1e20 into -2**63),
+        # and explicitly: CuPy does not raise on bad indices
+        lo, hi = xp.min(Y), xp.max(Y)
+        if bool(lo < 0) or bool(hi >= n_out):
             raise ValueError(
                 f"{name} labels must be in 0..{n_out - 1} for a net with {n_out} outputs; "
-                f"got values from {lo} to {hi}"
+                f"got values from {_label_text(lo)} to {_label_text(hi)}"
             )
+        labels = xp.astype(Y, xp.int64, copy=False)
         if keep_labels:
             return labels
         return one_hot(xp, labels, n_out, net.dtype)
