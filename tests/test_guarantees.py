@@ -576,7 +576,9 @@ def test_a_checkpoint_write_does_not_grow_with_the_epochs(tmp_path):
 
     fit(xprop.MLP([4, 5, 3], seed=0), X, y, epochs=300, batch_size=16, checkpoint=ckpt,
         callbacks=[record], progress=False)
-    assert sizes[-1] == sizes[1], (sizes[1], sizes[-1])   # the checkpoint itself is constant-size
+    # the checkpoint's size does not grow with the epochs (only the digits of the epoch and step
+    # counts in its metadata do): epochs 101 and 300 write files of the same size
+    assert sizes[-1] == sizes[100], (sizes[100], sizes[-1])
     history = [p for p in tmp_path.iterdir() if p.name != "ckpt.npz"]
     assert len(history) == 1
     header, records, _ = JsonLines.read(history[0], 300)

@@ -753,16 +753,35 @@ def test_cli_divergence_exits_1_naming_epoch_and_step(tmp_path):
         assert "checkpoint.npz" not in names
 
 
+SURGE = """
+import sys
+import xprop.cli, xprop.optim
+
+real_step = xprop.optim.SGD.step
+
+
+def surging_step(self, params, grads, **kwargs):   # the resumed epochs step with lr 1e9
+    self.lr = 1e9
+    return real_step(self, params, grads, **kwargs)
+
+
+xprop.optim.SGD.step = surging_step
+sys.exit(xprop.cli.main(sys.argv[1:]))
+"""
+
+
 def test_cli_divergence_after_a_good_epoch_keeps_its_checkpoint(tmp_path):
-    # Epoch 1 with a sane learning rate; resuming it with lr 1e9 (resume checks
-    # the optimizer, batch size and seed, not the learning rate) blows up in epoch 2.
+    # Epoch 1 with a sane learning rate; resuming it (the same flags: a resume refuses another
+    # --lr) in a process whose SGD steps with lr 1e9 blows up in epoch 2.
     common = ("--optimizer", "sgd", "--out", "run", "--backend", "numpy", "--no-progress")
     assert cli(tmp_path, "train", "--epochs", 1, *common).returncode == 0
     ckpt = tmp_path / "run" / "checkpoint.npz"
     good = ckpt.read_bytes()
     weights = params_of(xprop.load(ckpt))
 
-    proc = cli(tmp_path, "train", "--epochs", 5, "--lr", "1e9", "--resume", *common)
+    (tmp_path / "surge.py").write_text(SURGE)
+    proc = subprocess.run([sys.executable, "surge.py", "train", "--epochs", "5", "--resume", *common],
+                          cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=60)
     line = one_stderr_line(proc, 1)
     assert re.search(r"at epoch 2, step \d+ \(last finite loss [-+.\deE]+\)", line), line
     assert ckpt.read_bytes() == good, "the checkpoint of epoch 1 was rewritten"

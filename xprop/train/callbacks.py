@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy
 
 from ..backend import all_finite
-from .checkpoint import read_checkpoint, write_checkpoint
+from .checkpoint import HistoryLog, read_checkpoint, write_checkpoint
 from .history import TrainingDiverged
 
 __all__ = ["Callback", "DivergenceGuard", "EarlyStopping", "Checkpoint", "ProgressBar", "UserCallback"]
@@ -146,27 +146,39 @@ class Checkpoint(Callback):
     resume : bool
         Whether :meth:`can_resume` may say yes (the file exists).
     config : dict
-        Stored in the file (:mod:`xprop.train.checkpoint`).
+        Stored in the file (:mod:`xprop.train.checkpoint`); a resume must match it.
     stateful : list of callbacks
         Whose state the file carries (early stopping).
+    metadata : dict, optional
+        The caller's description of the run, stored with it.
     """
 
-    def __init__(self, path, resume, config, stateful=()):
+    def __init__(self, path, resume, config, stateful=(), metadata=None):
         self.path, self.resume, self.config, self.stateful = path, bool(resume), config, list(stateful)
+        self.metadata = metadata
+        self.log = HistoryLog(path)
 
     def can_resume(self) -> bool:
         return self.resume and self.path.exists()
 
     def restore(self, state) -> None:
-        """Read the file into the run: weights, optimizer, RNG, history, stateful callbacks."""
+        """Read the file into the run: weights, optimizer, RNG, history, stateful callbacks.
+
+        Refuses (before anything is restored) a checkpoint of another run:
+        other data, other settings (:func:`~xprop.train.checkpoint.check_same_run`).
+        """
+        log = self.log if state.strategy.is_root else None
         state.epoch, state.history = read_checkpoint(self.path, state.net, state.optimizer, state.rng,
-                                                     self.stateful)
+                                                     self.stateful, config=self.config, log=log)
 
     def on_epoch_end(self, state, record):
         if state.strategy.is_root:
             write_checkpoint(self.path, state.net, state.optimizer, state.epoch, state.rng, state.history,
-                             self.config, self.stateful)
+                             self.config, self.stateful, log=self.log, metadata=self.metadata)
         return False
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class _NoBar:

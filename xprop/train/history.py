@@ -6,7 +6,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["History", "TrainingDiverged"]
+from ..io import write_text_atomic
+
+__all__ = ["History", "TrainingDiverged", "RECORD_KEYS"]
+
+# The per-epoch columns of a History, in the order of a record.
+RECORD_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s",
+               "memory_used_bytes", "memory_total_bytes")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -59,9 +65,11 @@ class History:
 
     def last(self) -> dict:
         """The latest epoch's record as a dict."""
-        keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_s",
-                "memory_used_bytes", "memory_total_bytes")
-        return {k: getattr(self, k)[-1] for k in keys} if self.epoch else {}
+        return self.record(-1) if self.epoch else {}
+
+    def record(self, i: int) -> dict:
+        """Epoch ``i``'s record (a position in the lists) as a dict."""
+        return {k: getattr(self, k)[i] for k in RECORD_KEYS}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,8 +77,16 @@ class History:
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_text_atomic(Path(path), text + "\n")
         return text
+
+    @classmethod
+    def from_records(cls, records, best_epoch=None, stopped_early=False) -> "History":
+        """A History from per-epoch records (dicts, e.g. the lines of a checkpoint's history log)."""
+        h = cls(best_epoch=best_epoch, stopped_early=bool(stopped_early))
+        for r in records:
+            h.append(**{k: r.get(k) for k in RECORD_KEYS})
+        return h
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy
 
 from ..backend import memory_pool_bytes, set_memory_limit
+from ..fingerprint import fingerprint
 from ..optim import Adam, Optimizer, make_optimizer
 from ..step import make_step
 from ..validation import check_inputs, check_positive_int, check_seed, check_targets
@@ -50,6 +51,7 @@ class Settings:
     resume: bool
     patience: object
     gpu_mem_limit: object = None
+    metadata: object = None
 
 
 @dataclass
@@ -86,7 +88,8 @@ def evaluate(net, X, Y) -> dict:
 
 def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, shuffle=True,
         seed=0, progress=True, checkpoint=None, resume=False, patience=None, callbacks=None,
-        distributed=False, strict_device=False, gpu_mem_limit=None, rank_timeout=600.0):
+        distributed=False, strict_device=False, gpu_mem_limit=None, rank_timeout=600.0,
+        overwrite=False, metadata=None):
     """Train ``net`` in place with mini-batch gradient descent.
 
     Parameters
@@ -113,11 +116,17 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         Show a tqdm bar; it stays quiet by itself when stderr is not a terminal.
     checkpoint : str or Path, optional
         Written atomically after every epoch: parameters, optimizer state,
-        epoch, RNG state, history, architecture and version.
+        epoch, RNG state, architecture and version, the run's settings and
+        the fingerprints of ``X`` and ``Y``; the history goes to a log beside
+        it (``<name>.history.jsonl``), one line per epoch. An existing file
+        is refused unless ``resume`` or ``overwrite``.
     resume : bool
         Continue from ``checkpoint`` if it exists (else start afresh). With the
         same seed and data the result equals an uninterrupted run's, bit for
-        bit on the CPU.
+        bit on the CPU. A checkpoint of another run is refused, naming what
+        differs: other data (``X``, ``Y``), other optimizer hyperparameters,
+        batch size, seed, shuffle, validation or patience (``epochs`` may
+        grow).
     patience : int, optional
         Stop when the validation loss has not improved for this many epochs
         and restore the best weights. Needs ``validation``.
@@ -158,6 +167,13 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
         stuck on I/O, deadlocked) a surviving rank prints one line naming it
         and the last completed step, and the whole job is aborted
         (:mod:`xprop.distributed.watchdog`). None: wait forever.
+    overwrite : bool
+        Start afresh over an existing ``checkpoint`` (and its history log)
+        instead of refusing.
+    metadata : dict, optional
+        JSON-able description of the run stored in the checkpoint;
+        ``xprop.load(checkpoint).metadata`` returns it (the command line keeps
+        its scaler and flags there).
 
     Returns
     -------
@@ -189,6 +205,10 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
             raise FileNotFoundError(
                 f"checkpoint {str(checkpoint)!r}: its directory {str(folder)!r} does not exist; "
                 "create it first")
+        if not resume and not overwrite and Path(checkpoint).exists():
+            raise FileExistsError(
+                f"checkpoint {str(checkpoint)!r} already exists; pass resume=True to continue that run, "
+                "overwrite=True to start afresh over it, or another path")
     if not isinstance(distributed, bool) and distributed != "sharded":
         raise TypeError(f"distributed must be True, False or 'sharded'; got {distributed!r}")
     if rank_timeout is not None and (isinstance(rank_timeout, bool) or not isinstance(rank_timeout, (int, float))
@@ -200,7 +220,7 @@ def fit(net, X, Y, epochs=20, batch_size=128, optimizer=None, validation=None, s
                                       or not isinstance(gpu_mem_limit, int) or gpu_mem_limit < 1):
         raise ValueError(f"gpu_mem_limit must be a number of bytes ≥ 1 or None; got {gpu_mem_limit!r}")
     settings = Settings(epochs, batch_size, optimizer, validation, shuffle, seed, checkpoint, resume,
-                        patience, gpu_mem_limit)
+                        patience, gpu_mem_limit, metadata)
     if distributed:
         from ..distributed import DataParallelStrategy, ShardedStrategy, init  # noqa: PLC0415  (MPI only when asked for)
 
@@ -252,7 +272,8 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     Xr = check_inputs(net, X)
     # Data: checked once, moved to the backend once, never copied (a validation
     # fraction splits the indices; class labels stay labels).
-    data = examples_from(net, Xr, check_targets(net, Y, Xr.shape[0], keep_labels=True))
+    T = check_targets(net, Y, Xr.shape[0], keep_labels=True)
+    data = examples_from(net, Xr, T)
     seed = strategy.begin(net, data, settings)
     split_seq, shuffle_seq = numpy.random.SeedSequence(seed).spawn(2)
     train, val = split_validation(net, data, settings.validation, numpy.random.default_rng(split_seq))
@@ -264,11 +285,16 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     early = EarlyStopping(settings.patience) if early is None else early
     config = {"batch_size": settings.batch_size, "epochs": settings.epochs, "shuffle": bool(settings.shuffle),
               "seed": seed}
-    store = (None if settings.checkpoint is None
-             else Checkpoint(Path(settings.checkpoint), settings.resume, config, stateful=[early]))
+    store = None
+    if settings.checkpoint is not None:
+        config.update(_run_identity(net, Xr, T, settings))
+        store = Checkpoint(Path(settings.checkpoint), settings.resume, config, stateful=[early],
+                           metadata=settings.metadata)
     resumed = strategy.from_root(store is not None and store.can_resume())
     if resumed:
         store.restore(state)
+    else:   # an optimizer that holds another net's state is refused before any step
+        settings.optimizer.check_params(net.params)
     strategy.start(net, settings.optimizer, rng, resumed)
     config.update(strategy.config())
     bar = ProgressBar(progress and strategy.is_root)
@@ -288,6 +314,21 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     for cb in callbacks:
         cb.on_train_end(state)
     return state.history
+
+
+def _run_identity(net, Xr, T, settings) -> dict:
+    """What a checkpoint records so that a resume can prove it is the same run: the data's
+    fingerprints and the settings beyond batch size, shuffle and seed."""
+    xp = net.xp
+    identity = {"X": fingerprint(xp, Xr), "Y": fingerprint(xp, T), "patience": settings.patience}
+    validation = settings.validation
+    if isinstance(validation, (tuple, list)):
+        identity["validation"] = "given"
+        identity["validation X"] = fingerprint(xp, xp.asarray(validation[0]))
+        identity["validation Y"] = fingerprint(xp, xp.asarray(validation[1]))
+    else:
+        identity["validation"] = validation
+    return identity
 
 
 def _epochs(state, strategy, callbacks, bar, val, shuffle) -> None:
