@@ -14,7 +14,8 @@ Subcommands::
 
 Exit status: 0 success; 1 an error (one line ``xprop: error: ...`` on
 stderr, no traceback; set ``XPROP_TRACEBACK=1`` to see one) or a failed
-check; 2 a bad command line (argparse's usage error); 130 interrupted.
+check; 2 a bad command line (argparse's usage error); 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM).
 
 One module per family of subcommands (``train``, ``sweep``, ``models``: evaluate and
 predict, ``checks``: gradcheck and check, ``info``: info, doctor, explain),
@@ -32,6 +33,7 @@ from ..version import __version__
 from ..backend import BackendError
 from ..distributed.errors import DistributedError
 from ..io import ModelFileError
+from ..signals import exit_status, signal_name
 from ..train import TrainingDiverged
 from . import checks, info, models, sweep, train
 from .common import PROG, Formatter, Parser, one_line, say_err
@@ -40,7 +42,7 @@ __all__ = ["build_parser", "main"]
 
 # Errors that mean "the input was wrong", reported as one line and exit 1.
 ERRORS = (ValueError, TypeError, OSError, ModelFileError, BackendError, TrainingDiverged,
-          DistributedError)
+          DistributedError, MemoryError, train.RankFailed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +84,10 @@ def main(argv=None) -> int:
     args.argv = argv
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        say_err("xprop: interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        name = signal_name(exc)
+        say_err("xprop: interrupted" if name == "SIGINT" else f"xprop: terminated by {name}")
+        return exit_status(exc)
     except BrokenPipeError:
         # The reader went away (xprop predict ... | head): stop quietly.
         try:

@@ -9,7 +9,7 @@ import numpy
 
 from ..backend import to_numpy
 from ..datasets import apply_scaler, check_labels
-from ..io import load
+from ..io import load, write_text_atomic
 from ..train import evaluate
 from .common import data_arguments, in_layout, label_targets, load_raw, pick_split, predicted_classes, say, scaler_from_meta
 
@@ -55,7 +55,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_predictions_path(args) -> None:
+    """Refuse a --out that is a file this command reads, or any existing file without --force."""
+    out = Path(args.out)
+    reads = [("model", Path(args.model))]
+    if args.data is not None:
+        reads.append(("data", Path(args.data).expanduser()))
+    for what, path in reads:
+        if out.exists() and path.exists() and out.samefile(path):
+            raise ValueError(f"--out {args.out!r} is the {what} file this command reads; choose "
+                             "another --out")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {args.out!r} is a directory; give a file name")
+    if out.exists() and not args.force:
+        raise FileExistsError(f"--out {args.out!r} already exists; pass --force to write over it, or "
+                              "choose another --out")
+
+
 def cmd_predict(args) -> int:
+    if args.out is not None:
+        _check_predictions_path(args)
     net, meta, X, _, what, _ = _model_and_data(args)
     if "n_classes" in meta or net.output == "softmax":
         rows = [str(int(c)) for c in predicted_classes(net, X)]
@@ -67,7 +86,7 @@ def cmd_predict(args) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        Path(args.out).write_text(text)
+        write_text_atomic(Path(args.out), text)
         say(f"wrote {len(rows)} predictions for the {what} to {args.out}")
     return 0
 
@@ -90,5 +109,9 @@ def add_parsers(add) -> None:
                        help="default: auto")
         if name == "predict":
             p.add_argument("--out", metavar="FILE",
-                           help="write the predictions here, one per line (default: stdout)")
+                           help="write the predictions here, one per line (default: stdout); an "
+                                "existing file needs --force, and the model or data file read is "
+                                "always refused")
+            p.add_argument("--force", action="store_true",
+                           help="write --out over an existing file (never over the model or the data)")
         p.set_defaults(func=func)

@@ -12,12 +12,18 @@ from pathlib import Path
 import numpy
 
 from .. import plots
-from ..datasets import apply_scaler, fit_scaler
+from ..datasets import apply_scaler, check_classes, fit_scaler
+from ..distributed.errors import DistributedError
+from ..fingerprint import differences, fingerprint
+from ..io import read_npz
 from ..network import MLP
 from ..optim import SGD, Adam
+from ..runlock import RunLock
+from ..signals import exit_status, signal_name, terminate_as_interrupt
 from ..train import TrainingDiverged, evaluate, fit
 from ..train.checkpoint import read_checkpoint_config
 from .sharded import global_counts, load_sharded
+from ..train.checkpoint import history_path, read_checkpoint_config
 from .common import (
     PROG,
     check_layers,
@@ -31,6 +37,7 @@ from .common import (
     nonnegative_int,
     positive_float,
     positive_int,
+    one_line,
     predicted_classes,
     say,
     say_err,
@@ -55,14 +62,40 @@ def _default_out() -> Path:
     return out
 
 
-def _resume_command(argv, out) -> str:
-    """The command that continues this run: the same flags, with --out DIR and --resume."""
+def _resume_command(argv, out, resume=True) -> str:
+    """The command that continues this run: the same flags, with --out DIR and --resume
+    (``resume=False``: the command that starts it again, without --resume)."""
     argv = list(argv)
     if not any(a == "--out" or a.startswith("--out=") for a in argv):
         argv += ["--out", str(out)]
-    if "--resume" not in argv:
+    if resume and "--resume" not in argv:
         argv.append("--resume")
+    if not resume:
+        argv = [a for a in argv if a != "--resume"]
     return shlex.join([PROG, *argv])
+
+
+def _saved_epochs(ckpt: Path) -> int:
+    """Epochs held by the checkpoint on disk now (0: none, or none readable)."""
+    if not ckpt.exists():
+        return 0
+    try:
+        return int(read_npz(ckpt, "checkpoint")[1].get("epoch", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _interrupted_line(args, out: Path, exc: KeyboardInterrupt) -> str:
+    """What to say when a signal stops training: the truth on disk, and the command that goes on."""
+    name = signal_name(exc)
+    head = "xprop: interrupted" if name == "SIGINT" else f"xprop: terminated by {name}"
+    ckpt = out / "checkpoint.npz"
+    saved = _saved_epochs(ckpt)
+    if saved:
+        return (f"{head} at epoch {saved + 1} of {args.epochs}; epochs 1-{saved} are saved in {ckpt}; "
+                f"resume with: {_resume_command(args.argv, out)}")
+    return (f"{head} at epoch 1 of {args.epochs}; no epoch was completed and nothing was saved; "
+            f"start again with: {_resume_command(args.argv, out, resume=False)}")
 
 
 def _make_optimizer(args):
@@ -74,14 +107,55 @@ def _make_optimizer(args):
                weight_decay=args.weight_decay)
 
 
-def _checkpoint_epoch(ckpt: Path, args) -> int:
-    """Epochs held by the checkpoint to resume; refuses one from other settings."""
+# How the settings a resume must match are called on the command line.
+_FLAGS = {"data": "--data", "labels": "--data (labels)", "standardize": "--standardize",
+          "validation": "--validation", "patience": "--patience", "optimizer": "--optimizer",
+          "lr": "--lr", "momentum": "--momentum", "weight_decay": "--weight-decay",
+          "batch_size": "--batch-size", "seed": "--seed", "layers": "--layers",
+          "activation": "--activation", "output": "--output", "loss": "--loss", "dtype": "--dtype"}
+
+
+def _identity(args, ds, net, optimizer) -> dict:
+    """The settings that make this run the run it is (a resume must match every one).
+
+    Sharded, a rank holds its own rows only: fit compares the data, every shard's.
+    """
+    data = ({} if args.distributed == "sharded" else
+            {"data": fingerprint(numpy, ds.X_train), "labels": fingerprint(numpy, ds.y_train)})
+    return {**data, "standardize": args.standardize, "validation": args.validation, "patience": args.patience,
+            "optimizer": optimizer.name, "lr": optimizer.lr, "momentum": getattr(optimizer, "momentum", 0.0),
+            "weight_decay": optimizer.weight_decay, "batch_size": args.batch_size, "seed": args.seed,
+            "layers": list(net.sizes), "activation": net.activation, "output": net.output,
+            "loss": net.loss, "dtype": net.dtype_name}
+
+
+def _checkpoint_epoch(ckpt: Path, args, identity: dict) -> int:
+    """Epochs held by the checkpoint to resume; refuses one of another run, naming each difference."""
     epoch, config = read_checkpoint_config(ckpt)
-    for key, flag in (("batch_size", "--batch-size"), ("seed", "--seed")):
-        if key in config and config[key] != getattr(args, key):
-            raise ValueError(f"checkpoint {str(ckpt)!r} was written with {flag} {config[key]}; "
-                             f"resume with the same {flag} (got {getattr(args, key)})")
+    _, meta = read_npz(ckpt, "checkpoint")
+    saved = (meta.get("metadata") or {}).get("run")
+    if isinstance(saved, dict):
+        diffs = differences(saved, identity, _FLAGS)
+    else:   # a checkpoint written before runs recorded their flags
+        diffs = [f"{flag}: {config[key]} in the checkpoint, {getattr(args, key)} now"
+                 for key, flag in (("batch_size", "--batch-size"), ("seed", "--seed"))
+                 if key in config and config[key] != getattr(args, key)]
+    if diffs:
+        raise ValueError(f"checkpoint {str(ckpt)!r} is from another run ({'; '.join(diffs)}); resume "
+                         "with the same flags (only --epochs may change)")
     return epoch
+
+
+class RankFailed(Exception):
+    """Another rank of a --distributed job could not start (rank 0 reports its message)."""
+
+
+class _Agreed(Exception):
+    """Every rank stops before training; ``error`` is what rank 0 reports (None elsewhere)."""
+
+    def __init__(self, error=None):
+        super().__init__(error)
+        self.error = error
 
 
 class _Job:
@@ -108,47 +182,114 @@ class _Job:
         """Abort every rank when one fails on its own (one process: nothing to do)."""
         if self.ctx is None:
             return contextlib.nullcontext()
-        return self.ctx.fail_fast(passthrough=(TrainingDiverged,))
+        return self.ctx.fail_fast(passthrough=(TrainingDiverged, _Agreed))
+
+    def agree(self, make):
+        """``make()`` on every rank; if it fails on any, every rank stops and rank 0 says why.
+
+        For the steps before training (flags, data, net, run directory), which
+        every rank reaches: a rank that fails waits for the others instead of
+        aborting them, so the job ends with one line from rank 0 and no
+        traceback. Returns ``make()``'s value.
+        """
+        if self.ctx is None:
+            return make()
+        try:
+            value, error = make(), None
+        except (Exception, MemoryError) as exc:   # noqa: BLE001  (reported below, on rank 0)
+            value, error = None, exc
+        texts = self.ctx.allgather(None if error is None else one_line(error))
+        failed = [(rank, text) for rank, text in enumerate(texts) if text is not None]
+        if not failed:
+            return value
+        if not self.is_root:
+            raise _Agreed()
+        if error is not None:
+            raise _Agreed(error)
+        rank, text = failed[0]
+        raise _Agreed(RankFailed(f"rank {rank} of {self.size}: {text}"))
 
 
 def cmd_train(args) -> int:
-    if not args.distributed:
-        return _train(args, _Job())
-    from .. import distributed  # noqa: PLC0415  (mpi4py only when asked for)
+    with terminate_as_interrupt():   # SIGTERM (docker stop, Slurm) stops training like Ctrl-C
+        if not args.distributed:
+            return _train(args, _Job())
+        from .. import distributed  # noqa: PLC0415  (mpi4py only when asked for)
 
-    job = _Job(distributed.init())   # before the net is built: picks this rank's GPU
-    with job.guard():
+        job = _Job(distributed.init())   # before the net is built: picks this rank's GPU
         try:
-            return _train(args, job)
-        except TrainingDiverged:
-            if job.is_root:    # every rank stops; one of them says why
+            with job.guard():
+                return _train(args, job)
+        except _Agreed as agreed:          # refused before training, on every rank
+            if agreed.error is None:
+                return 1
+            raise agreed.error from None
+        except (TrainingDiverged, DistributedError):
+            if job.is_root:    # raised alike on every rank; rank 0 says why
                 raise
             return 1
 
 
+# What a run writes into its directory (besides the checkpoint).
+RUN_FILES = ("model.npz", "history.json", "curves.png")
+
+
 def _run_directory(args, job) -> Path:
-    """The run directory, checked against --resume (the same one on every rank)."""
+    """The run directory, checked against --resume and --force (the same one on every rank)."""
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out DIR, the directory of the run to continue")
+    if args.resume and args.force:
+        raise ValueError("--force starts afresh and --resume continues: pass one of them")
     if args.patience is not None and not args.validation:
         raise ValueError("--patience (early stopping) needs --validation > 0")
     out = Path(args.out) if args.out is not None else _default_out()
-    out = Path(job.bcast(str(out)))   # the timestamped default differs per rank: rank 0's wins
+    _check_run_directory(args, out)
+    return out
+
+
+def _check_run_directory(args, out: Path) -> None:
+    """Refuse to write over files this run did not make (rule 1) unless --force."""
     ckpt = out / "checkpoint.npz"
     if args.resume and not ckpt.exists():
         raise FileNotFoundError(f"nothing to resume: {str(ckpt)!r} does not exist")
-    if not args.resume and ckpt.exists():
+    if args.resume or args.force:
+        return
+    if ckpt.exists():
         raise ValueError(f"{str(out)!r} already holds a run (checkpoint.npz); pass --resume to "
-                         "continue it, or choose another --out")
-    return out
+                         "continue it, --force to start afresh over it, or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file, not a directory")
+    taken = [name for name in (*RUN_FILES, history_path(ckpt).name) if (out / name).exists()]
+    if taken:
+        raise FileExistsError(f"{str(out)!r} already holds {', '.join(taken)}, which this run would "
+                              "write over; pass --force to do so, or choose another --out")
+
+
+def _make_directory(out: Path) -> list[Path]:
+    """Create ``out`` (and missing parents); returns the directories made, outermost first."""
+    made = []
+    for d in reversed([out, *out.parents]):
+        if not d.exists():
+            made.append(d)
+    out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Take back the directories this command made, if nothing was written into them."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 class _Run:
     """The pieces of one ``xprop train``: data, scaler, net, optimizer, where it goes."""
 
-    def __init__(self, args, job):
+    def __init__(self, args, job, out):
         self.args, self.job = args, job
-        self.out = _run_directory(args, job)
+        self.out = out
         self.ckpt = self.out / "checkpoint.npz"
         # Data, scaled with statistics of the training split only.
         self.method = None if args.standardize == "none" else args.standardize
@@ -159,6 +300,8 @@ class _Run:
             self.ds, self.where = load_raw(args, seed=args.seed)
             self.scaler = None if self.method is None else fit_scaler(self.ds.X_train, self.method)
         ds = self.ds
+        # a shard's labels are not the data's: the class check needs them all (not sharded)
+        self.warnings = [] if self.sharded else check_classes(ds.y_train, ds.y_test, f"the data {ds.name!r}")
         self.X_train = apply_scaler(ds.X_train, self.scaler)
         self.X_test = None if ds.X_test is None else apply_scaler(ds.X_test, self.scaler)
         self.n_features, self.n_classes = ds.n_features, ds.n_classes
@@ -168,57 +311,98 @@ class _Run:
         self.net = MLP(layers, activation=args.activation, output=args.output, loss=args.loss,
                        backend=args.backend, dtype=args.dtype, seed=args.seed)
         self.optimizer = _make_optimizer(args)
-        self.start = _checkpoint_epoch(self.ckpt, args) if args.resume else 0
+        self.identity = _identity(args, ds, self.net, self.optimizer)
+        self.start = _checkpoint_epoch(self.ckpt, args, self.identity) if args.resume else 0
+        self.metadata = {"dataset": ds.name, **{k: v for k, v in self.where.items() if k != "dataset"},
+                         "scaler": scaler_to_meta(self.scaler), "n_classes": self.n_classes,
+                         "n_features": self.n_features,
+                         "targets": ("labels" if args.output == "softmax"
+                                     else ("0/1" if self.n_out == 1 else "one-hot")),
+                         "run": self.identity}
+
+
+def _open_directory(run, job):
+    """Make the run directory and take its lock (rank 0); check it again under the lock.
+
+    Returns ``(lock, made)``: the lock to release and the directories made.
+    """
+    made = _make_directory(run.out) if job.is_root else []
+    lock = RunLock(run.out)
+    if job.is_root:
+        try:
+            lock.acquire()
+            _check_run_directory(run.args, run.out)   # another run may have finished meanwhile
+        except BaseException:
+            lock.release()
+            _remove_if_empty(made)
+            raise
+    return lock, made
 
 
 def _train(args, job) -> int:
     """``xprop train`` in one process, or as one rank of a --distributed job."""
-    run = _Run(args, job)
-    run.out.mkdir(parents=True, exist_ok=True)
-    done = {"epoch": run.start}
-
-    def track(record, _net):
-        done["epoch"] = record["epoch"]
-
+    out = Path(job.bcast(str(Path(args.out) if args.out is not None else _default_out())))
+    args.out = str(out)   # the timestamped default differs per rank: rank 0's wins
+    run = job.agree(lambda: _Run(args, job, _run_directory(args, job)))
+    lock, made = job.agree(lambda: _open_directory(run, job))
+    if not job.is_root:
+        run.out.mkdir(parents=True, exist_ok=True)   # rank 0 made it (a file system of its own: here)
+    if job.ctx is not None:
+        job.ctx.interrupt_report = lambda exc: _interrupted_line(args, run.out, exc)
+        job.ctx.failure_hint = lambda: _failure_hint(args, run.out)
+    if job.is_root:
+        for text in run.warnings:
+            say_err(f"xprop: warning: {text}")
     t0 = time.perf_counter()
     try:
         history = fit(run.net, run.X_train, label_targets(args.output, run.n_out, run.ds.y_train),
                       epochs=args.epochs, batch_size=args.batch_size, optimizer=run.optimizer,
                       validation=args.validation or None, seed=args.seed,
                       progress=not args.no_progress, checkpoint=run.ckpt, resume=args.resume,
-                      patience=args.patience, callbacks=[track],
+                      patience=args.patience,
                       distributed="sharded" if run.sharded else job.ctx is not None,
                       strict_device=args.strict_device, gpu_mem_limit=args.gpu_mem_limit,
-                      rank_timeout=args.rank_timeout)
-    except KeyboardInterrupt:
-        n = done["epoch"]
-        saved = (f"epochs 1-{n} are saved in {run.ckpt}" if n else "no epoch was completed, nothing saved")
-        say_err(f"xprop: interrupted at epoch {n + 1} of {args.epochs}; {saved}; "
-                f"resume with: {_resume_command(args.argv, run.out)}")
-        return 130
-    seconds = time.perf_counter() - t0
-    if run.sharded:            # counts and test metrics of all shards (collective)
-        run.counts = global_counts(run, job.ctx)
-    if not job.is_root:
-        return 0               # rank 0 writes the files and the summary
-    wrote, curves_note = _write_run(run, history)
+                      rank_timeout=args.rank_timeout, overwrite=args.force, metadata=run.metadata)
+        seconds = time.perf_counter() - t0
+        if run.sharded:            # counts and test metrics of all shards (collective)
+            run.counts = global_counts(run, job.ctx)
+        if not job.is_root:
+            return 0               # rank 0 writes the files and the summary
+        wrote, curves_note = _write_run(run, history)
+    except KeyboardInterrupt as exc:
+        if job.is_root:
+            lock.release()
+            _remove_if_empty(made)
+        say_err(_interrupted_line(args, run.out, exc))
+        return exit_status(exc)
+    except BaseException:
+        lock.release()
+        _remove_if_empty(made)
+        raise
+    lock.release()
     _summary(run, history, seconds, wrote)
     if curves_note:
         say(curves_note)
     return 0
 
 
+def _failure_hint(args, out: Path) -> str:
+    """What is on disk after a failure, and how to go on (true for what exists)."""
+    saved = _saved_epochs(out / "checkpoint.npz")
+    if saved:
+        return (f"Epochs 1-{saved} are saved in {out / 'checkpoint.npz'}; resume with: "
+                f"{_resume_command(args.argv, out)}")
+    return "No epoch was saved."
+
+
 def _write_run(run, history):
     """model.npz, history.json and (with matplotlib) curves.png; returns what was written."""
-    args, ds, net, n_out = run.args, run.ds, run.net, run.n_out
-    metadata = {"dataset": ds.name, **{k: v for k, v in run.where.items() if k != "dataset"},
-                "scaler": scaler_to_meta(run.scaler), "n_classes": run.n_classes,
-                "n_features": run.n_features,
-                "targets": "labels" if args.output == "softmax" else ("0/1" if n_out == 1 else "one-hot")}
+    ds, net = run.ds, run.net
+    metadata = run.metadata
     out = run.out
     net.save(out / "model.npz", metadata)
     history.to_json(out / "history.json")
-    wrote = ["model.npz", "history.json", "checkpoint.npz"]
+    wrote = ["model.npz", "history.json", "checkpoint.npz", history_path(run.ckpt).name]
     curves_note = None
     try:
         plots.plot_history(history, out / "curves.png",
@@ -361,7 +545,10 @@ def add_parsers(add) -> None:
                    help="run directory (default: runs/<YYYYmmdd-HHMMSS>/)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out DIR from its checkpoint.npz (same flags, "
-                        "larger --epochs)")
+                        "larger --epochs; another run's data or flags are refused)")
+    g.add_argument("--force", action="store_true",
+                   help="start afresh in an --out DIR that holds a run or files of the names "
+                        "this writes, writing over them")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is off anyway when stderr is not a terminal)")
     p.set_defaults(func=cmd_train)

@@ -8,7 +8,9 @@ is asked for; nothing here imports it at import time.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 import traceback
 import warnings
 
@@ -163,15 +165,22 @@ class Context:
     # ---- failure: never leave a rank waiting
     @contextlib.contextmanager
     def fail_fast(self, passthrough=()):
-        """Abort the whole job when this rank fails on its own.
+        """Abort the whole job when this rank fails on its own, saying why in one line.
 
         An exception raised on one rank only (a bug in a callback, a full
         disk on rank 0, Ctrl-C) would leave the other ranks waiting forever in
-        the next collective. Inside this block such an exception is printed
-        with its traceback and ``MPI_Abort`` ends every rank, so ``mpiexec``
-        exits with an error at once. :class:`DistributedError` and the
-        classes in ``passthrough`` are raised alike on every rank and
-        propagate normally; so does anything in a job of one rank.
+        the next collective. Inside this block such an exception is reported
+        in one line, ``xprop: error: rank r of n: <what>; ...`` with
+        :attr:`failure_hint` (true for what is on disk), and ``MPI_Abort`` ends
+        every rank, so ``mpiexec`` exits at once (``XPROP_TRACEBACK=1`` adds
+        the traceback). Ctrl-C and SIGTERM reach every rank at once: rank 0
+        reports them (:attr:`interrupt_report`, e.g. the command line's
+        "resume with" line) and aborts with 128 + the signal number; another
+        rank stays quiet for :attr:`interrupt_grace` seconds, which rank 0's
+        abort cuts short, and reports it itself only if rank 0 did not.
+        :class:`DistributedError` and the classes in ``passthrough`` are
+        raised alike on every rank and propagate normally; so does anything
+        in a job of one rank.
         """
         try:
             yield
@@ -180,14 +189,34 @@ class Context:
         except BaseException as exc:
             if self.size == 1:
                 raise
-            detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            sys.stderr.write(
-                f"{detail}xprop: rank {self.rank} of {self.size} failed ({type(exc).__name__}: {exc}); "
-                "aborting all ranks (MPI_Abort) so that none waits forever. The last checkpoint "
-                "written is intact: resume from it with the same command.\n")
+            if isinstance(exc, KeyboardInterrupt):
+                if not self.is_root:
+                    time.sleep(self.interrupt_grace)   # rank 0 speaks and aborts us meanwhile
+                line = (self.interrupt_report(exc) if self.interrupt_report is not None
+                        else f"xprop: rank {self.rank} of {self.size} interrupted ({type(exc).__name__}); "
+                             "all ranks stopped. The checkpoint of the last completed epoch, if any, "
+                             "is intact")
+                status = 128 + getattr(exc, "signum", 2)
+            else:
+                detail = ""
+                if os.environ.get("XPROP_TRACEBACK", "").strip() not in ("", "0"):
+                    detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                what = "; ".join(t.strip() for t in (str(exc) or type(exc).__name__).splitlines() if t.strip())
+                line = (f"{detail}xprop: error: rank {self.rank} of {self.size}: {what}; all ranks "
+                        f"stopped (MPI_Abort) so that none waits forever. {self.failure_hint()}")
+                status = 1
+            sys.stderr.write(line.rstrip() + "\n")
             sys.stderr.flush()
-            self.comm.Abort(1)
+            self.comm.Abort(status)
             raise  # pragma: no cover - Abort does not return
+
+    # Set by the command line: what to say when this job is interrupted or fails on one rank.
+    interrupt_report = None
+    interrupt_grace = 5.0
+
+    @staticmethod
+    def failure_hint() -> str:
+        return "The checkpoint of the last completed epoch, if any, is intact."
 
     def select_gpu(self, required: bool = False) -> None:
         """Give this rank its own GPU (collective: every rank must call it).
