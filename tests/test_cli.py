@@ -183,8 +183,11 @@ def test_keyboard_interrupt_before_the_first_epoch(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(xprop.cli.train, "fit", fit_interrupted_at_once)
     assert xprop.cli.main(["train", "--out", str(tmp_path / "run"), "--backend", "numpy"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted at epoch 1 of 30; no epoch was completed" in err
-    assert "--resume" in err
+    assert "interrupted at epoch 1 of 30; no epoch was completed and nothing was saved" in err
+    # nothing to resume: the hint starts the run again (a --resume would be refused), and the
+    # directory this command made is taken back
+    assert f"start again with: xprop train --out {tmp_path / 'run'} --backend numpy" in err
+    assert "--resume" not in err and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------- evaluate / predict

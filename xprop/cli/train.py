@@ -341,6 +341,8 @@ def _open_directory(run, job):
 
 def _train(args, job) -> int:
     """``xprop train`` in one process, or as one rank of a --distributed job."""
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out DIR, the directory of the run to continue")
     out = Path(job.bcast(str(Path(args.out) if args.out is not None else _default_out())))
     args.out = str(out)   # the timestamped default differs per rank: rank 0's wins
     run = job.agree(lambda: _Run(args, job, _run_directory(args, job)))
