@@ -639,3 +639,60 @@ def test_resume_ignores_history_lines_past_the_checkpoint(tmp_path):
     h2 = fit(whole, X, y, epochs=4, batch_size=8, progress=False)
     assert h.epoch == [1, 2, 3, 4] and h.loss == h2.loss
     assert [r["epoch"] for r in JsonLines.read(log, 4)[1]] == [1, 2, 3, 4]
+
+
+# ============================================ rule 5 under MPI: rank 0 speaks, one line
+def _mpiexec():
+    from xprop.distributed import find_mpiexec
+
+    try:
+        import mpi4py  # noqa: F401, PLC0415
+    except ImportError:
+        pytest.skip("mpi4py is not installed (pip install 'xprop[dist]')")
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.skip("no mpiexec next to this Python or on PATH (pip install 'xprop[dist]')")
+    return mpiexec
+
+
+def xprop_lines(err: str) -> list[str]:
+    """What xprop said on stderr (not the launcher's own lines, e.g. "[mpiexec@host] ...")."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith("[mpiexec@")]
+
+
+def test_mpi_refusal_before_training_is_one_line_from_rank_0(tmp_path):
+    mpiexec = _mpiexec()
+    proc = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "xprop", "train", "--distributed",
+                           "--data", "missing.npz", "--out", "run", *TRAIN], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = xprop_lines(proc.stderr)
+    assert lines == ["xprop: error: --data: file 'missing.npz' does not exist"], proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sig,head,status", [(signal.SIGINT, "xprop: interrupted", 130),
+                                             (signal.SIGTERM, "xprop: terminated by SIGTERM", 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_mpi_signal_is_one_line_from_rank_0_with_a_true_resume_command(tmp_path, sig, head, status):
+    mpiexec = _mpiexec()
+    args = ["train", "--distributed", "--epochs", "1000", "--batch-size", "4", "--layers", "64,16,10",
+            "--out", "run", *TRAIN]
+    proc = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-m", "xprop", *args], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)  # noqa: PLW1509
+    ckpt = tmp_path / "run" / "checkpoint.npz"
+    wait_for(ckpt, proc, timeout=120)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = finish(proc, timeout=60)
+    assert proc.returncode == status, err
+    lines = xprop_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    match = re.fullmatch(rf"{head} at epoch (\d+) of 1000; epochs 1-(\d+) are saved in (.+); "
+                         r"resume with: (.+)", lines[0])
+    assert match, lines[0]
+    saved = int(match.group(2))
+    assert read_npz(ckpt, "checkpoint")[1]["epoch"] == saved
+    assert shlex.split(match.group(4))[1:] == [*args, "--resume"]
+    assert temporaries(tmp_path) == []

@@ -175,7 +175,8 @@ class Context:
         every rank, so ``mpiexec`` exits at once (``XPROP_TRACEBACK=1`` adds
         the traceback). Ctrl-C and SIGTERM reach every rank at once: rank 0
         reports them (:attr:`interrupt_report`, e.g. the command line's
-        "resume with" line) and aborts with 128 + the signal number; another
+        "resume with" line) and ends its process with 128 + the signal number,
+        which ends the job; another
         rank stays quiet for :attr:`interrupt_grace` seconds, which rank 0's
         abort cuts short, and reports it itself only if rank 0 did not.
         :class:`DistributedError` and the classes in ``passthrough`` are
@@ -207,6 +208,12 @@ class Context:
                 status = 1
             sys.stderr.write(line.rstrip() + "\n")
             sys.stderr.flush()
+            if isinstance(exc, KeyboardInterrupt):
+                # Ending this process ends the job (the launcher stops the other ranks, even
+                # one waiting in a collective), with 128 + the signal number and without
+                # MPI_Abort's own line: the one line above stays the only one.
+                sys.stdout.flush()
+                os._exit(status)
             self.comm.Abort(status)
             raise  # pragma: no cover - Abort does not return
 
