@@ -21,10 +21,10 @@ PACKAGE = ROOT / "xprop"
 
 # docs/architecture.md, "Import rules": imports go down this list, never up.
 LAYERS = [
-    {"version", "backend", "tolerances", "flat"},
+    {"version", "backend", "tolerances", "flat", "signals", "runlock"},
     {"activations", "losses", "init", "heads", "kernels", "validation", "network", "optim"},
     {"fast", "step", "stacked", "stacked_optim"},
-    {"gradcheck", "explain", "io", "datasets", "plots"},
+    {"gradcheck", "explain", "io", "datasets", "plots", "fingerprint"},
     {"train", "sweep"},
     {"distributed"},
     {"estimators", "cli", "doctor", "__main__"},

@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "apply_scaler", "check_classes", "check_labels", "fit_scaler", "load_data",
-           "load_digits"]
+__all__ = ["Dataset", "apply_scaler", "check_classes", "check_labels", "fit_scaler", "load_data", "load_digits"]
 
 DIGITS_PATH = Path(__file__).resolve().parent / "data" / "digits.npz"
 STANDARDIZE = (None, "minmax", "zscore")
 _IDX_IMAGES = re.compile(r"images([.-])idx3-ubyte(\.gz)?$", re.IGNORECASE)
+MAX_LABEL = 2**31 - 1   # the largest label a file may hold (a class count an output layer could have)
 # IDX type byte -> big-endian dtype (the third byte of the magic number).
-# The largest label a file may hold (a class count the output layer could have).
-MAX_LABEL = 2**31 - 1
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -212,58 +210,37 @@ def check_labels(y, n_classes):
     if y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= n_classes:
-            raise ValueError(
-                f"y: labels must lie in [0, {n_classes}) for {n_classes} classes, "
-                f"got labels from {lo} to {hi}"
-            )
+            raise ValueError(f"y: labels must lie in [0, {n_classes}) for {n_classes} classes, "
+                             f"got labels from {lo} to {hi}")
 
 
 def check_classes(y_train, y_test=None, where="the data"):
-    """Refuse labels that cannot make a sensible classifier; return warnings for doubtful ones.
+    """Refuse labels ``y_train : (m,)``, ``y_test`` that cannot make a sensible classifier.
 
-    The output layer gets one unit per class number ``0 .. max label``, so
-    labels must be the classes numbered from 0.
-
-    Parameters
-    ----------
-    y_train : (m,) int labels
-    y_test : (m_test,) int labels or None
-    where : str
-        Names the data in the messages.
-
-    Returns
-    -------
-    list of str
-        Warnings: class numbers with no example in ``y_train``.
-
-    Raises
-    ------
-    ValueError
-        One class only (nothing to tell apart), or more than half of the
-        class numbers ``0 .. max label`` without a single example (e.g. a
-        label of 3,000,000 among labels 0, 1, 2: the output layer would need
-        3,000,001 units), with the counts and how to renumber.
+    The output layer gets one unit per class number ``0 .. max label``.
+    Raises ValueError for one class only, or when more than half of those
+    numbers have no example (a label of 3,000,000 among 0, 1, 2 would need
+    3,000,001 outputs), with the counts and how to renumber. Returns warnings
+    (str) for classes with no training example; ``where`` names the data.
     """
     y_all = y_train if y_test is None else np.concatenate([y_train, y_test])
     present = np.unique(y_all)
     n_classes = int(present[-1]) + 1
     if present.size < 2:
-        raise ValueError(
-            f"y in {where}: all {y_all.size} labels are {int(present[0])}; a classifier needs at "
-            "least two classes")
+        raise ValueError(f"y in {where}: all {y_all.size} labels are {int(present[0])}; a classifier "
+                         "needs at least two classes")
     if n_classes > 2 * present.size:
-        shown = ", ".join(str(int(c)) for c in present[:5]) + (", ..." if present.size > 5 else "")
         raise ValueError(
             f"y in {where}: the labels go up to {n_classes - 1}, so the output layer would need "
-            f"{n_classes} units, but only {present.size} distinct labels are present ({shown}); "
+            f"{n_classes} units, but only {present.size} distinct labels are present ({_listed(present, 5)}); "
             f"number the classes 0..{present.size - 1} (e.g. numpy.unique(y, return_inverse=True))")
-    warnings = []
     missing = np.setdiff1d(np.arange(n_classes), np.unique(y_train))
-    if missing.size:
-        shown = ", ".join(str(int(c)) for c in missing[:10]) + (", ..." if missing.size > 10 else "")
-        warnings.append(f"{missing.size} of the {n_classes} classes have no training example "
-                        f"(class {shown}); the net cannot learn to predict them")
-    return warnings
+    return [f"{missing.size} of the {n_classes} classes have no training example (class "
+            f"{_listed(missing, 10)}); the net cannot learn to predict them"] if missing.size else []
+
+
+def _listed(values, n: int) -> str:
+    return ", ".join(str(int(v)) for v in values[:n]) + (", ..." if len(values) > n else "")
 
 
 def apply_scaler(X, scaler):
@@ -286,11 +263,8 @@ def apply_scaler(X, scaler):
     bad = ~np.isfinite(out) & np.isfinite(X)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"X: scaling overflows float64 for {int(bad.sum())} value(s), the first in row {row}, "
-            f"feature {col} ({X[row, col]:.6g} with shift {scaler['shift'][col]:.6g} and scale "
-            f"{scaler['scale'][col]:.6g}); these values lie far outside the range the scaler was "
-            "fitted on")
+        raise ValueError(f"X: scaling overflows float64 at row {row}, feature {col} ({X[row, col]:.6g}, "
+                         f"far outside the range the scaler was fitted on)")
     return out
 
 
@@ -300,22 +274,15 @@ def apply_scaler(X, scaler):
 def fit_scaler(X, method):
     """Statistics of the train features for ``method`` ("minmax" or "zscore").
 
-    Computed scale-safely: a feature whose sum or squares overflow float64
-    (values around 1e155 and beyond) is divided by its largest magnitude
-    first, so it gets its true mean and standard deviation instead of an inf
-    (which would scale it to zeros). Constant features get scale 1.
-
-    Raises
-    ------
-    ValueError
-        A feature's range overflows float64 (max − min beyond ~1.8e308),
-        naming the feature and its range.
+    Scale-safe: a feature whose sum or squares overflow float64 (around 1e155
+    and beyond) is divided by its largest magnitude first, so it gets its true
+    mean and standard deviation, not an inf that scales it to zeros. Constant
+    features get scale 1. A spread beyond float64 raises ValueError.
     """
     X = np.asarray(X, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         if method == "minmax":
-            lo, hi = X.min(axis=0), X.max(axis=0)
-            shift, scale = lo, hi - lo
+            shift, scale = X.min(axis=0), X.max(axis=0) - X.min(axis=0)
         else:
             shift, scale = X.mean(axis=0), X.std(axis=0)
             over = ~(np.isfinite(shift) & np.isfinite(scale))
@@ -323,12 +290,10 @@ def fit_scaler(X, method):
                 big = np.max(np.abs(X[:, over]), axis=0)
                 U = X[:, over] / big                  # every entry in [-1, 1]
                 shift[over], scale[over] = U.mean(axis=0) * big, U.std(axis=0) * big
-    bad = ~np.isfinite(scale)
-    if bad.any():
-        j = int(np.argmax(bad))
-        raise ValueError(
-            f"standardize: feature {j} ranges from {X[:, j].min():.6g} to {X[:, j].max():.6g}, a spread "
-            f"beyond float64's range; {method} scaling would overflow. Rescale that feature first")
+    if not np.all(np.isfinite(scale)):
+        j = int(np.argmax(~np.isfinite(scale)))
+        raise ValueError(f"standardize: feature {j} spans {X[:, j].min():.6g} to {X[:, j].max():.6g}, "
+                         f"beyond float64's range; {method} scaling would overflow. Rescale it first")
     scale = np.where(scale == 0, 1.0, scale)
     return {"method": method, "shift": shift, "scale": scale}
 
@@ -377,8 +342,7 @@ def _validate(X, y, where, suffix=""):
         if wrong.any():
             i = int(np.argmax(wrong))
             raise ValueError(f"{yn} in {where}: expected integer labels, got {y[i]} at index {i}")
-    if y.size and y.max() > MAX_LABEL:
-        # checked before the cast to int64, which would turn 1e20 into -9223372036854775808
+    if y.size and y.max() > MAX_LABEL:   # before the cast to int64, which turns 1e20 into -2**63
         i = int(np.argmax(y))
         raise ValueError(f"{yn} in {where}: expected class numbers 0..{MAX_LABEL}, got {y[i]:g} at "
                          f"index {i}; renumber the classes 0..n_classes-1")
@@ -416,8 +380,7 @@ def _read_csv(path, label_column):
     try:
         return _read_csv_utf8(path, label_column)
     except UnicodeDecodeError:
-        _explain_encoding(path)
-        raise
+        _explain_encoding(path)   # raises, naming the line
 
 
 def _explain_encoding(path):
@@ -427,10 +390,11 @@ def _explain_encoding(path):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"'{path}', line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
-                    f"position {e.start + 1}); save the CSV as UTF-8 (it may be Latin-1 or "
-                    "Windows-1252)") from None
+                where = f"line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start + 1})"
+                break
+        else:
+            where = "not UTF-8 text"
+    raise ValueError(f"'{path}', {where}; save the CSV as UTF-8 (it may be Latin-1 or Windows-1252)")
 
 
 def _read_csv_utf8(path, label_column):

@@ -206,6 +206,25 @@ def _label_text(value) -> str:
     return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
+def _class_labels(xp, name: str, Y, kind: str, n_out: int):
+    """1-D class labels ``Y : (m,)`` checked against ``n_out`` classes, as int64."""
+    if kind == "f":
+        _require_finite(xp, name, Y)
+        if not bool(xp.all(Y == xp.floor(Y))):
+            raise ValueError(
+                f"{name} as 1-D labels must hold whole class numbers 0..{n_out - 1}; got fractional values"
+            )
+    # the range is checked before the cast to int64 (which turns 1e20 into -2**63),
+    # and explicitly: CuPy does not raise on bad indices
+    lo, hi = xp.min(Y), xp.max(Y)
+    if bool(lo < 0) or bool(hi >= n_out):
+        raise ValueError(
+            f"{name} labels must be in 0..{n_out - 1} for a net with {n_out} outputs; "
+            f"got values from {_label_text(lo)} to {_label_text(hi)}"
+        )
+    return xp.astype(Y, xp.int64, copy=False)
+
+
 def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False):
     """Targets in the row layout: ``(m, n_L)`` in the net's dtype.
 
@@ -235,21 +254,7 @@ def check_targets(net, Y, m: int, *, name: str = "Y", keep_labels: bool = False)
         raise ValueError(f"{name} has {length} examples but X has {m}; they must match")
     head = net.head
     if Y.ndim == 1 and head.takes_labels:
-        if kind == "f":
-            _require_finite(xp, name, Y)
-            if not bool(xp.all(Y == xp.floor(Y))):
-                raise ValueError(
-                    f"{name} as 1-D labels must hold whole class numbers 0..{n_out - 1}; got fractional values"
-                )
-        # the range is checked before the cast to int64 (which turns 1e20 into -2**63),
-        # and explicitly: CuPy does not raise on bad indices
-        lo, hi = xp.min(Y), xp.max(Y)
-        if bool(lo < 0) or bool(hi >= n_out):
-            raise ValueError(
-                f"{name} labels must be in 0..{n_out - 1} for a net with {n_out} outputs; "
-                f"got values from {_label_text(lo)} to {_label_text(hi)}"
-            )
-        labels = xp.astype(Y, xp.int64, copy=False)
+        labels = _class_labels(xp, name, Y, kind, n_out)
         if keep_labels:
             return labels
         return one_hot(xp, labels, n_out, net.dtype)

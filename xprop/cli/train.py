@@ -18,12 +18,12 @@ from ..fingerprint import differences, fingerprint
 from ..io import read_npz
 from ..network import MLP
 from ..optim import SGD, Adam
-from ..runlock import RunLock
 from ..signals import exit_status, signal_name, terminate_as_interrupt
 from ..train import TrainingDiverged, evaluate, fit
 from ..train.checkpoint import read_checkpoint_config
 from .sharded import global_counts, load_sharded
 from ..train.checkpoint import history_path, read_checkpoint_config
+from .rundir import check_run_directory, open_directory, remove_if_empty
 from .common import (
     PROG,
     check_layers,
@@ -230,10 +230,6 @@ def cmd_train(args) -> int:
             return 1
 
 
-# What a run writes into its directory (besides the checkpoint).
-RUN_FILES = ("model.npz", "history.json", "curves.png")
-
-
 def _run_directory(args, job) -> Path:
     """The run directory, checked against --resume and --force (the same one on every rank)."""
     if args.resume and args.out is None:
@@ -243,45 +239,8 @@ def _run_directory(args, job) -> Path:
     if args.patience is not None and not args.validation:
         raise ValueError("--patience (early stopping) needs --validation > 0")
     out = Path(args.out) if args.out is not None else _default_out()
-    _check_run_directory(args, out)
+    check_run_directory(args, out)
     return out
-
-
-def _check_run_directory(args, out: Path) -> None:
-    """Refuse to write over files this run did not make (rule 1) unless --force."""
-    ckpt = out / "checkpoint.npz"
-    if args.resume and not ckpt.exists():
-        raise FileNotFoundError(f"nothing to resume: {str(ckpt)!r} does not exist")
-    if args.resume or args.force:
-        return
-    if ckpt.exists():
-        raise ValueError(f"{str(out)!r} already holds a run (checkpoint.npz); pass --resume to "
-                         "continue it, --force to start afresh over it, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {str(out)!r} is a file, not a directory")
-    taken = [name for name in (*RUN_FILES, history_path(ckpt).name) if (out / name).exists()]
-    if taken:
-        raise FileExistsError(f"{str(out)!r} already holds {', '.join(taken)}, which this run would "
-                              "write over; pass --force to do so, or choose another --out")
-
-
-def _make_directory(out: Path) -> list[Path]:
-    """Create ``out`` (and missing parents); returns the directories made, outermost first."""
-    made = []
-    for d in reversed([out, *out.parents]):
-        if not d.exists():
-            made.append(d)
-    out.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def _remove_if_empty(made: list[Path]) -> None:
-    """Take back the directories this command made, if nothing was written into them."""
-    for d in reversed(made):
-        try:
-            d.rmdir()
-        except OSError:
-            return
 
 
 class _Run:
@@ -321,24 +280,6 @@ class _Run:
                          "run": self.identity}
 
 
-def _open_directory(run, job):
-    """Make the run directory and take its lock (rank 0); check it again under the lock.
-
-    Returns ``(lock, made)``: the lock to release and the directories made.
-    """
-    made = _make_directory(run.out) if job.is_root else []
-    lock = RunLock(run.out)
-    if job.is_root:
-        try:
-            lock.acquire()
-            _check_run_directory(run.args, run.out)   # another run may have finished meanwhile
-        except BaseException:
-            lock.release()
-            _remove_if_empty(made)
-            raise
-    return lock, made
-
-
 def _train(args, job) -> int:
     """``xprop train`` in one process, or as one rank of a --distributed job."""
     if args.resume and args.out is None:
@@ -346,7 +287,7 @@ def _train(args, job) -> int:
     out = Path(job.bcast(str(Path(args.out) if args.out is not None else _default_out())))
     args.out = str(out)   # the timestamped default differs per rank: rank 0's wins
     run = job.agree(lambda: _Run(args, job, _run_directory(args, job)))
-    lock, made = job.agree(lambda: _open_directory(run, job))
+    lock, made = job.agree(lambda: open_directory(run.args, run.out, job.is_root))
     if not job.is_root:
         run.out.mkdir(parents=True, exist_ok=True)   # rank 0 made it (a file system of its own: here)
     if job.ctx is not None:
@@ -373,13 +314,13 @@ def _train(args, job) -> int:
         wrote, curves_note = _write_run(run, history)
     except KeyboardInterrupt as exc:
         if job.is_root:
+            remove_if_empty(made)
             lock.release()
-            _remove_if_empty(made)
         say_err(_interrupted_line(args, run.out, exc))
         return exit_status(exc)
     except BaseException:
+        remove_if_empty(made)
         lock.release()
-        _remove_if_empty(made)
         raise
     lock.release()
     _summary(run, history, seconds, wrote)

@@ -155,8 +155,7 @@ class Checkpoint(Callback):
 
     def __init__(self, path, resume, config, stateful=(), metadata=None):
         self.path, self.resume, self.config, self.stateful = path, bool(resume), config, list(stateful)
-        self.metadata = metadata
-        self.log = HistoryLog(path)
+        self.log = HistoryLog(path, metadata)
 
     def can_resume(self) -> bool:
         return self.resume and self.path.exists()
@@ -173,8 +172,7 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state, record):
         if state.strategy.is_root:
-            write_checkpoint(self.path, state.net, state.optimizer, state.epoch, state.rng, state.history,
-                             self.config, self.stateful, log=self.log, metadata=self.metadata)
+            write_checkpoint(self.path, state, self.config, self.stateful, log=self.log)
         return False
 
     def close(self) -> None:

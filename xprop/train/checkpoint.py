@@ -58,14 +58,16 @@ def history_path(path) -> Path:
 
 
 class HistoryLog:
-    """The run's history on disk: one JSON line per epoch, appended (O(1) per epoch).
+    """The run's record on disk: its history, one JSON line per epoch, appended (O(1) per
+    epoch), and the caller's ``metadata`` that every checkpoint of the run carries.
 
     Made lazily at the first epoch of a new run (so an interrupted first epoch
     leaves nothing), or reopened and cut back to the checkpoint's records on
     a resume.
     """
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, metadata=None):
+        self.metadata = metadata   # the caller's description of the run, stored in every checkpoint
         self.path = history_path(checkpoint)
         self.run_id = uuid.uuid4().hex
         self.log = None
@@ -95,30 +97,25 @@ class HistoryLog:
             self.log = None
 
 
-def write_checkpoint(path, net, optimizer, epoch: int, rng, history, config: dict, stateful=(),
-                     log: HistoryLog | None = None, metadata=None) -> None:
-    """Write the state of a run after ``epoch`` to ``path`` (atomically).
+def write_checkpoint(path, state, config: dict, stateful=(), log: HistoryLog | None = None) -> None:
+    """Write the state of a run after its epoch ``state.epoch`` to ``path`` (atomically).
 
     Parameters
     ----------
-    net : MLP
-    optimizer : Optimizer
-    epoch : int
-        The last completed epoch.
-    rng : numpy.random.Generator
-        The shuffling RNG (its state now).
-    history : History
-        Its last record goes to ``log`` (appended) before the checkpoint is written.
+    state : TrainState
+        ``net``, ``optimizer``, ``epoch`` (the last completed), ``rng`` (the
+        shuffling RNG, its state now) and ``history``, whose last record goes
+        to ``log`` (appended) before the checkpoint is written.
     config : dict
         JSON-able settings of the run, stored for the reader (and a resume's check).
     stateful : sequence of callbacks
         Each one's ``state_dict()`` is stored under its key and prefix.
     log : HistoryLog
-        The run's history file (None: a new one beside ``path``).
-    metadata : dict, optional
-        The caller's JSON-able description of the run, returned by
-        :func:`xprop.load` as ``net.metadata``.
+        The run's history file (None: a new one beside ``path``) and its
+        ``metadata``, the caller's JSON-able description of the run, which
+        :func:`xprop.load` returns as ``net.metadata``.
     """
+    net, optimizer, epoch, rng, history = state.net, state.optimizer, state.epoch, state.rng, state.history
     if log is None:                 # a one-off write: the whole history into a new log
         log = HistoryLog(path)
         log.pending = [history.record(i) for i in range(len(history) - 1)]
@@ -139,8 +136,8 @@ def write_checkpoint(path, net, optimizer, epoch: int, rng, history, config: dic
         meta[cb.checkpoint_key] = entry
         arrays.update({f"{cb.array_prefix}.{k}": v for k, v in cb_arrays.items()})
     meta["config"] = config
-    if metadata is not None:
-        meta["metadata"] = metadata
+    if log.metadata is not None:
+        meta["metadata"] = log.metadata
     write_npz_atomic(path, arrays, meta)
 
 
