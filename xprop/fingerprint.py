@@ -14,7 +14,7 @@ import numpy
 
 from .backend import to_numpy
 
-__all__ = ["fingerprint", "differences"]
+__all__ = ["fingerprint", "combine", "differences"]
 
 # Arrays up to this size are hashed whole; larger ones by a strided sample of rows.
 WHOLE_BYTES = 16 * 2**20
@@ -46,6 +46,15 @@ def fingerprint(xp, a) -> dict:
     h = hashlib.sha256(str((host.dtype.str, shape)).encode())
     h.update(numpy.ascontiguousarray(host).tobytes())
     return {"shape": shape, "dtype": str(a.dtype), "sha256": h.hexdigest(), "sampled": bool(sampled)}
+
+
+def combine(fingerprints: list) -> dict:
+    """One fingerprint of row blocks given in order (the shards of a data set, one per rank)."""
+    h = hashlib.sha256("".join(fp["sha256"] for fp in fingerprints).encode())
+    first = fingerprints[0]
+    shape = [sum(fp["shape"][0] for fp in fingerprints), *first["shape"][1:]]
+    return {"shape": shape, "dtype": first["dtype"], "sha256": h.hexdigest(),
+            "sampled": any(fp["sampled"] for fp in fingerprints)}
 
 
 def _describe_data(saved: dict, now: dict) -> str:

@@ -43,6 +43,7 @@ import math
 import numpy
 
 from ..backend import take_rows, to_numpy
+from ..fingerprint import combine
 from ..io import architecture
 from ..train.data import Batches, permutation
 from ..train.strategy import EpochResult, Sums, evaluation_sums
@@ -234,6 +235,10 @@ class ShardedStrategy(DataParallelStrategy):
 
     def config(self):
         return {"ranks": self.ctx.size, "distributed": "sharded", "shards": self.sizes}
+
+    def data_fingerprint(self, fp):
+        """Every shard's fingerprint, in rank order, as one (collective): what a resume compares."""
+        return combine(self.ctx.allgather(fp, what="data fingerprints"))
 
     def _order(self, rng):
         """This epoch's rows of the shard (indices into its X), on the device."""

@@ -287,7 +287,7 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
               "seed": seed}
     store = None
     if settings.checkpoint is not None:
-        config.update(_run_identity(net, Xr, T, settings))
+        config.update(_run_identity(net, Xr, T, settings, strategy))
         store = Checkpoint(Path(settings.checkpoint), settings.resume, config, stateful=[early],
                            metadata=settings.metadata)
     resumed = strategy.from_root(store is not None and store.can_resume())
@@ -316,11 +316,12 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     return state.history
 
 
-def _run_identity(net, Xr, T, settings) -> dict:
+def _run_identity(net, Xr, T, settings, strategy) -> dict:
     """What a checkpoint records so that a resume can prove it is the same run: the data's
-    fingerprints and the settings beyond batch size, shuffle and seed."""
+    fingerprints (all of it: the strategy's) and the settings beyond batch size, shuffle and seed."""
     xp = net.xp
-    identity = {"X": fingerprint(xp, Xr), "Y": fingerprint(xp, T), "patience": settings.patience}
+    identity = {"X": strategy.data_fingerprint(fingerprint(xp, Xr)),
+                "Y": strategy.data_fingerprint(fingerprint(xp, T)), "patience": settings.patience}
     validation = settings.validation
     if isinstance(validation, (tuple, list)):
         identity["validation"] = "given"

@@ -114,6 +114,10 @@ class Strategy:
     def config(self) -> dict:
         return {}
 
+    def data_fingerprint(self, fp: dict) -> dict:
+        """The fingerprint of the run's data from this process's ``fp`` (here: the same)."""
+        return fp
+
     def running(self):
         return contextlib.nullcontext()
 
