@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .io import write_atomic
+
 __all__ = ["PLOT_HINT", "plot_history", "plot_sweep"]
 
 PLOT_HINT = 'pip install "xprop[plot]"'
@@ -74,7 +76,7 @@ def plot_history(history, path, title: str | None = None) -> Path:
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, format="png")
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"))   # never a half-drawn file
     return path
 
 
@@ -141,5 +143,5 @@ def plot_sweep(rows, path, metric="val_accuracy", swept=("layers", "batch_size",
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, format="png")
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
     return path

@@ -21,7 +21,8 @@ import os
 import signal
 import threading
 
-__all__ = ["Terminated", "deferred", "terminate_as_interrupt", "exit_status"]
+__all__ = ["Terminated", "deferred", "terminate_as_interrupt", "exit_status", "ignore_further",
+           "handlers_kept"]
 
 # The signals that ask a run to stop (SIGTERM does not exist on Windows' signal module
 # under the same semantics, but the constant is there).
@@ -118,3 +119,35 @@ def _deliver(signum: int, handler) -> None:
     elif handler == signal.SIG_DFL:
         os.kill(os.getpid(), signum)       # the default action: usually the end of the process
     # SIG_IGN (or None: a handler not installed from Python): dropped
+
+
+def ignore_further() -> None:
+    """Ignore SIGINT and SIGTERM from now on: the process is stopping after a first one.
+
+    Called when a stop signal has been handled and the process is on its way
+    out (saying what is saved, exiting with 128 + the signal): a second Ctrl-C
+    there would only cut that short, with Python's traceback or a death by
+    signal instead of the one line and the status.
+    """
+    if _in_main_thread():
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def handlers_kept():
+    """Put SIGINT's and SIGTERM's handlers back as they were when the block ends.
+
+    Around a command run in-process (``xprop.cli.main`` from Python or a
+    test): :func:`ignore_further` inside it does not outlive the command.
+    """
+    if not _in_main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)

@@ -33,7 +33,7 @@ from ..version import __version__
 from ..backend import BackendError
 from ..distributed.errors import DistributedError
 from ..io import ModelFileError
-from ..signals import exit_status, signal_name
+from ..signals import exit_status, handlers_kept, ignore_further, signal_name
 from ..train import TrainingDiverged
 from . import checks, info, models, sweep, train
 from .common import PROG, Formatter, Parser, one_line, say_err
@@ -82,9 +82,16 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args.argv = argv
+    with handlers_kept():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """``args.func(args)``, with every failure the user can cause as one line and a status."""
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
+        ignore_further()
         name = signal_name(exc)
         say_err("xprop: interrupted" if name == "SIGINT" else f"xprop: terminated by {name}")
         return exit_status(exc)

@@ -18,7 +18,7 @@ from ..fingerprint import differences, fingerprint
 from ..io import read_npz
 from ..network import MLP
 from ..optim import SGD, Adam
-from ..signals import exit_status, signal_name, terminate_as_interrupt
+from ..signals import exit_status, ignore_further, signal_name, terminate_as_interrupt
 from ..train import TrainingDiverged, evaluate, fit
 from ..train.checkpoint import read_checkpoint_config
 from .sharded import global_counts, load_sharded
@@ -313,6 +313,7 @@ def _train(args, job) -> int:
             return 0               # rank 0 writes the files and the summary
         wrote, curves_note = _write_run(run, history)
     except KeyboardInterrupt as exc:
+        ignore_further()
         if job.is_root:
             remove_if_empty(made)
             lock.release()

@@ -17,6 +17,7 @@ import warnings
 import numpy
 
 from .. import backend as _backend
+from ..signals import ignore_further
 from .errors import INSTALL_HINT, DistributedError, DistributedWarning
 
 __all__ = ["assign_gpus", "import_mpi", "Context", "init"]
@@ -191,6 +192,7 @@ class Context:
             if self.size == 1:
                 raise
             if isinstance(exc, KeyboardInterrupt):
+                ignore_further()                       # on the way out: a second signal changes nothing
                 if not self.is_root:
                     time.sleep(self.interrupt_grace)   # rank 0 speaks and aborts us meanwhile
                 line = (self.interrupt_report(exc) if self.interrupt_report is not None
