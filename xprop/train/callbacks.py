@@ -167,8 +167,12 @@ class Checkpoint(Callback):
         other data, other settings (:func:`~xprop.train.checkpoint.check_same_run`).
         """
         log = self.log if state.strategy.is_root else None
-        state.epoch, state.history = read_checkpoint(self.path, state.net, state.optimizer, state.rng,
-                                                     self.stateful, config=self.config, log=log)
+        try:
+            state.epoch, state.history = read_checkpoint(self.path, state.net, state.optimizer, state.rng,
+                                                         self.stateful, config=self.config, log=log)
+        except BaseException:
+            self.log.close()
+            raise
 
     def on_epoch_end(self, state, record):
         if state.strategy.is_root:

@@ -213,14 +213,14 @@ def read_checkpoint(path, net, optimizer, rng, stateful=(), config=None, log=Non
         history = History.from_dict(meta["history"])
         entry = None
     params = params_from_arrays(net, _with_prefix(arrays, "param"), path, "checkpoint")
-    if log is not None:
-        log.resume(entry, history)
     net.set_params(params)
     optimizer.load_state_dict({"t": meta["optimizer"]["t"], "arrays": _with_prefix(arrays, "opt")},
                               net.params)
     rng.bit_generator.state = meta["rng_state"]
     for cb in stateful:
         cb.load_state_dict(dict(meta.get(cb.checkpoint_key, {})), _with_prefix(arrays, cb.array_prefix))
+    if log is not None:   # last: a refusal above leaves the history file as it was, and closed
+        log.resume(entry, history)
     return epoch, history
 
 

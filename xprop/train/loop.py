@@ -293,8 +293,8 @@ def run(net, X, Y, settings: Settings, strategy, user_callbacks=(), progress=Fal
     resumed = strategy.from_root(store is not None and store.can_resume())
     if resumed:
         store.restore(state)
-    else:   # an optimizer that holds another net's state is refused before any step
-        settings.optimizer.check_params(net.params)
+    elif hasattr(settings.optimizer, "check_params"):   # a stack's optimizer binds per model
+        settings.optimizer.check_params(net.params)         # another net's state: refused before any step
     strategy.start(net, settings.optimizer, rng, resumed)
     config.update(strategy.config())
     bar = ProgressBar(progress and strategy.is_root)
