@@ -75,8 +75,9 @@ def terminate_as_interrupt():
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:   # unless the process is on its way out (ignore_further): then it stays ignored
+        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ what they share. This is the only package that uses argparse.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -72,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Called with ``argv`` (from Python, a test), SIGINT's and SIGTERM's
+    handlers are put back as they were when it returns; as the program
+    (``argv`` None) it leaves them ignored after a first stop signal, until
+    the process is gone.
+    """
+    in_process = argv is not None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -82,7 +90,7 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     args.argv = argv
-    with handlers_kept():
+    with handlers_kept() if in_process else contextlib.nullcontext():
         return _run(args)
 
 
