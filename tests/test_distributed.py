@@ -675,8 +675,12 @@ def test_a_rank_that_dies_ends_the_job_fast_and_the_checkpoint_resumes(two_ranks
     assert proc.returncode != 0, "the job should fail when a rank dies"
     assert seconds < JOB_TIMEOUT / 2
     if how == "raise":
-        assert "xprop: error: rank 1 of 2: injected failure at step 60; all ranks stopped (MPI_Abort)" in proc.stderr
-        assert "Traceback" not in proc.stderr
+        # one line from the failing rank (the other rank's worker may print its own traceback
+        # when the abort cuts its collective short: that is this test's harness, not xprop)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("xprop: error: rank")]
+        assert lines == ["xprop: error: rank 1 of 2: injected failure at step 60; all ranks stopped "
+                         "(MPI_Abort) so that none waits forever. The checkpoint of the last completed "
+                         "epoch, if any, is intact."], proc.stderr
     ckpt = tmp_path / "job.ckpt.npz"
     _, meta = read_npz(ckpt, "checkpoint")                     # readable: not torn
     assert meta["epoch"] == 1
