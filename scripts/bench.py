@@ -263,6 +263,9 @@ class JaxJitRunner:
 
         self.step = jax.jit(step)
         self.gathered = jax.jit(gathered)
+        # consecutive batches sliced once here: a slice of a JAX array is a dispatch of its own
+        self.slices = [(self.X[s * batch:(s + 1) * batch], self.y[s * batch:(s + 1) * batch])
+                       for s in range(steps)]
 
     def run(self):
         jnp, b = self.jax.numpy, self.batch
@@ -274,7 +277,7 @@ class JaxJitRunner:
             if self.shuffle:
                 p = self.gathered(p, self.X, self.y, order[s])
             else:
-                p = self.step(p, self.X[s * b:(s + 1) * b], self.y[s * b:(s + 1) * b])
+                p = self.step(p, *self.slices[s])
         self.jax.block_until_ready(p)
         self.params = p
         return self.steps * b / (time.perf_counter() - t0)

@@ -218,6 +218,11 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+
+# short enough for a quick test, long enough that a rank slowed by a busy machine (a late start,
+# a descheduled moment) is not taken for a silent one: the tests then blame the wrong rank or step
+RANK_TIMEOUT = 5
+
 @needs_mpi
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak RSS")
 def test_a_ranks_peak_memory_is_its_shard_plus_a_batch_not_the_file(tmp_path):
@@ -415,10 +420,10 @@ def test_only_the_lowest_waiting_rank_speaks():
 def test_a_stopped_rank_ends_the_job_after_the_rank_timeout(tmp_path):
     """Rank 1 stops itself (SIGSTOP) in the update of its 60th step, after that step's allreduce
     (1437 rows in batches of 32 make 45 steps an epoch: step 60 is epoch 2, step 15). Rank 0
-    waits in the next allreduce; after 2 s its watchdog asks rank 1, gets no answer, prints one line and aborts
+    waits in the next allreduce; after RANK_TIMEOUT s its watchdog asks rank 1, gets no answer, prints one line and aborts
     the job, which mpiexec then ends (the stopped rank with it)."""
     run = {"name": "stop", "optimizer": SGD_M, "batch_size": 32, "epochs": EPOCHS, "checkpoint": "shared",
-           "shards": SHARDS, "rank_timeout": 2, "fail": {"rank": 1, "step": 60, "how": "sigstop"}}
+           "shards": SHARDS, "rank_timeout": RANK_TIMEOUT, "fail": {"rank": 1, "step": 60, "how": "sigstop"}}
     proc, seconds = launch(tmp_path, [run])
     assert proc.returncode != 0
     assert seconds < JOB_TIMEOUT / 2
@@ -437,7 +442,7 @@ def test_a_rank_stuck_outside_the_collectives_is_named_too(tmp_path):
     """distributed=True, rank 1 hangs in a long sleep (alive: its watchdog answers); rank 0
     names it as outside any collective, and the job ends."""
     run = {"name": "hang", "optimizer": SGD_M, "batch_size": 32, "epochs": EPOCHS,
-           "rank_timeout": 2, "fail": {"rank": 1, "step": 10, "how": "hang"}}
+           "rank_timeout": RANK_TIMEOUT, "fail": {"rank": 1, "step": 10, "how": "hang"}}
     proc, seconds = launch(tmp_path, [run])
     assert proc.returncode != 0 and seconds < JOB_TIMEOUT / 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("xprop: rank timeout")]
@@ -490,7 +495,7 @@ def test_cli_sharded_needs_data_and_a_positive_timeout(tmp_path):
 def test_of_three_ranks_waiting_for_a_stopped_one_only_the_lowest_speaks(tmp_path):
     """Ranks 0 and 1 both wait for the stopped rank 2 and both time out: rank 1 hears that rank 0
     waits too and leaves the line to it, so the job ends with exactly one line."""
-    run = {"name": "stop3", "optimizer": SGD_M, "batch_size": 32, "epochs": 2, "rank_timeout": 2,
+    run = {"name": "stop3", "optimizer": SGD_M, "batch_size": 32, "epochs": 2, "rank_timeout": RANK_TIMEOUT,
            "shards": [[0, 400], [400, 900], [900, 1437]], "fail": {"rank": 2, "step": 20, "how": "sigstop"}}
     proc, seconds = launch(tmp_path, [run], n=3)
     assert proc.returncode != 0 and seconds < JOB_TIMEOUT / 2
