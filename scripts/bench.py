@@ -227,36 +227,44 @@ class SklearnRunner:
             return len(self.X) / (time.perf_counter() - t0)
 
 
+def jax_setup(sizes, batch, steps, backend, dtype, K=None):
+    """JAX, the bench's SGD step written for one model in ``jax.numpy``, initial params (with a
+    leading K axis when ``K`` is given: for ``vmap``) and the data on JAX's device."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    if backend == "cupy" and jax.default_backend() != "gpu":
+        raise RuntimeError("JAX has no GPU here")
+    rng = numpy.random.default_rng(0)
+    lead = () if K is None else (K,)
+    params = [(jnp.asarray((rng.standard_normal((*lead, a, b)) * math.sqrt(2 / a)).astype(dtype)),
+               jnp.zeros((*lead, b), dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+    X, y = make_data(sizes, batch, steps)
+
+    def loss(params, x, y):
+        a = x
+        for i, (W, b) in enumerate(params):
+            a = a @ W + b
+            if i < len(params) - 1:
+                a = jax.nn.relu(a)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), y[:, None], axis=1))
+
+    def step(params, x, y):
+        grads = jax.grad(loss)(params, x, y)
+        return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+
+    return jax, step, params, jnp.asarray(X.astype(dtype)), jnp.asarray(y)
+
+
 class JaxJitRunner:
     """JAX: the same SGD step for one model as ``jit(step)``, on the same batches."""
 
     name = "jax"
 
     def __init__(self, sizes, batch, steps, backend, dtype, shuffle):
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
-        if backend == "cupy" and jax.default_backend() != "gpu":
-            raise RuntimeError("JAX has no GPU here")
-        self.jax = jax
-        rng = numpy.random.default_rng(0)
-        self.params = [(jnp.asarray((rng.standard_normal((a, b)) * math.sqrt(2 / a)).astype(dtype)),
-                        jnp.zeros((b,), dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
-        X, y = make_data(sizes, batch, steps)
-        self.X, self.y = jnp.asarray(X.astype(dtype)), jnp.asarray(y)
-        self.rng, self.steps, self.batch, self.shuffle = rng, steps, batch, shuffle
-
-        def loss(params, x, y):
-            a = x
-            for i, (W, b) in enumerate(params):
-                a = a @ W + b
-                if i < len(params) - 1:
-                    a = jax.nn.relu(a)
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), y[:, None], axis=1))
-
-        def step(params, x, y):
-            grads = jax.grad(loss)(params, x, y)
-            return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+        jax, step, self.params, self.X, self.y = jax_setup(sizes, batch, steps, backend, dtype)
+        self.jax, self.rng = jax, numpy.random.default_rng(0)
+        self.steps, self.batch, self.shuffle = steps, batch, shuffle
 
         def gathered(params, X, y, idx):                 # shuffled: the batch's rows gathered
             return step(params, X[idx], y[idx])
@@ -369,30 +377,9 @@ class JaxRunner:
     name = "jax vmap"
 
     def __init__(self, sizes, batch, steps, K, backend, dtype):
-        import jax  # noqa: PLC0415
-        import jax.numpy as jnp  # noqa: PLC0415
-
-        if backend == "cupy" and jax.default_backend() != "gpu":
-            raise RuntimeError("JAX has no GPU here")
-        self.jax = jax
-        rng = numpy.random.default_rng(0)
-        self.params = [(jnp.asarray((rng.standard_normal((K, a, b)) * math.sqrt(2 / a)).astype(dtype)),
-                        jnp.zeros((K, b), dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
-        X, y = make_data(sizes, batch, steps)
-        self.X, self.y = jnp.asarray(X.astype(dtype)), jnp.asarray(y)
-        self.rng, self.steps, self.batch, self.K, self.m = rng, steps, batch, K, len(X)
-
-        def loss(params, x, y):
-            a = x
-            for i, (W, b) in enumerate(params):
-                a = a @ W + b
-                if i < len(params) - 1:
-                    a = jax.nn.relu(a)
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(a), y[:, None], axis=1))
-
-        def step(params, x, y):
-            grads = jax.grad(loss)(params, x, y)
-            return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, grads)
+        jax, step, self.params, self.X, self.y = jax_setup(sizes, batch, steps, backend, dtype, K)
+        self.jax, self.rng = jax, numpy.random.default_rng(0)
+        self.steps, self.batch, self.K, self.m = steps, batch, K, len(self.X)
 
         many = jax.vmap(step)
 
