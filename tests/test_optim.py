@@ -363,3 +363,20 @@ def test_scaled_is_refused_where_the_update_needs_the_gradient_itself():
     with raises(ValueError, "scaled=True", "Adam"):
         Adam().step(net.params, grads, scaled=True)
     assert all(np.array_equal(before[k], v) for k, v in net.params.items())
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: xprop.SGD(lr=v["lr"], momentum=v["beta"], weight_decay=v["wd"]),
+    lambda v: xprop.Adam(lr=v["lr"], betas=(v["beta"], v["beta"]), weight_decay=v["wd"]),
+])
+def test_numpy_scalar_hyperparameters_are_numbers(make):
+    """What a grid built with np.arange / np.logspace holds (np.float32, np.int64) is a number:
+    taken, stored as the Python float of the same value; a NumPy bool or NaN is still refused."""
+    opt = make({"lr": np.float32(0.5), "beta": np.float64(0.25), "wd": np.int64(0)})
+    hp = opt.hyperparameters()
+    assert type(hp["lr"]) is float and hp["lr"] == 0.5 and hp["weight_decay"] == 0.0
+    assert all(type(v) is float for v in (opt.weight_decay,))
+    with pytest.raises(ValueError, match="weight_decay must be a number"):
+        make({"lr": 0.1, "beta": 0.5, "wd": np.float64("nan")})
+    with pytest.raises(ValueError, match="weight_decay must be a number"):
+        make({"lr": 0.1, "beta": 0.5, "wd": np.bool_(True)})

@@ -12,21 +12,13 @@ import math
 
 from . import kernels
 from .backend import backend_name, get_xp, supports_out
-from .validation import check_positive_number
+from .validation import check_number_in, check_positive_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer"]
 
 # Largest scratch buffer (in numbers) of a whole-buffer update on NumPy: 256 kB in
 # float32, so the scratch stays a fixed size however large the net.
 SCRATCH_CHUNK = 1 << 16
-
-
-def _check_range(name, value, lo, hi, hi_open=True):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < lo or (value >= hi if hi_open else value > hi):
-        bracket = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}{bracket}; got {value!r}")
-    return float(value)
 
 
 class Optimizer:
@@ -266,8 +258,8 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(lr)
-        self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
-        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+        self.momentum = check_number_in("momentum", momentum, 0.0, 1.0)
+        self.weight_decay = check_number_in("weight_decay", weight_decay, 0.0, math.inf)
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0; got momentum=0")
         self.nesterov = bool(nesterov)
@@ -340,10 +332,10 @@ class Adam(Optimizer):
         super().__init__(lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
-        self.betas = (_check_range("betas[0]", betas[0], 0.0, 1.0),
-                      _check_range("betas[1]", betas[1], 0.0, 1.0))
+        self.betas = (check_number_in("betas[0]", betas[0], 0.0, 1.0),
+                      check_number_in("betas[1]", betas[1], 0.0, 1.0))
         self.eps = check_positive_number("eps", eps)
-        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+        self.weight_decay = check_number_in("weight_decay", weight_decay, 0.0, math.inf)
 
     def _update(self, xp, p, g, state):
         b1, b2 = self.betas

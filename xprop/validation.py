@@ -19,6 +19,7 @@ __all__ = [
     "check_layer_sizes",
     "check_choice",
     "check_dtype_name",
+    "check_number_in",
     "check_seed",
     "check_sample_weight",
     "check_positive_number",
@@ -74,6 +75,20 @@ def check_seed(seed):
     if seed is not None and seed < 0:
         raise ValueError(f"seed must be a non-negative integer or None; got {seed!r}")
     return seed
+
+
+def check_number_in(name: str, value, lo: float, hi: float, hi_open: bool = True) -> float:
+    """``value`` as a float in ``[lo, hi)`` (``[lo, hi]`` with ``hi_open=False``).
+
+    Any real number is taken: Python's, and NumPy's scalars (``np.float32(0.9)``,
+    ``np.int64(0)``, what a grid built with ``np.arange``/``np.logspace`` holds); booleans,
+    NaN and infinities are not.
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < lo or (value >= hi if hi_open else value > hi):
+        bracket = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}{bracket}; got {value!r}")
+    return float(value)
 
 
 def check_positive_number(name: str, value) -> float:
