@@ -24,18 +24,9 @@ across steps: one collective per step, whatever the number of layers. The
 fast training step writes its ``dW_l`` and ``db_l`` straight into views of
 that buffer, so packing costs nothing.
 
-Paths
------
-NumPy
-    MPI ``Allreduce(IN_PLACE)`` on the host buffer.
-CuPy with NCCL
-    NCCL's allreduce on the device buffer (``cupy.cuda.nccl``; the NCCL
-    runtime comes from the ``nvidia-nccl-cu12`` or ``-cu13`` wheel, as CuPy's CUDA;
-    :func:`xprop.backend.nccl_wheel`). MPI only carries the
-    NCCL unique id from rank 0 to the others.
-CuPy without NCCL
-    The buffer is copied to the host, reduced by MPI and copied back, with a
-    :class:`DistributedWarning` on rank 0.
+The three reduction paths (MPI on the host buffer; NCCL on the device buffer;
+CuPy without NCCL staged through the host, with a :class:`DistributedWarning`)
+are described in :mod:`xprop.distributed.reducers`.
 
 The package: ``errors`` (what is raised alike on every rank), ``shard`` (the
 split and the flat gradient buffer, pure), ``reducers`` (the three paths),

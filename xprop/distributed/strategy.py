@@ -1,23 +1,8 @@
 """Data-parallel training: every rank runs the same steps on its slice of each global batch.
 
-The design of Horovod and ChainerMN. The same script runs under
-``mpiexec -n N``; every rank holds the full data and the same net, starts from
-rank 0's weights, shuffles with the same seed, and trains on its own slice of
-every global batch. Before each optimizer step the gradients of all ranks are
-summed by one allreduce, weighted so that the sum is exactly the mean over the
-whole global batch::
-
-    ḡ_r = (1/m_r) Σ_{i ∈ shard r} ∇L_i          what a rank's backward computes
-    ḡ   = Σ_r (m_r / B) ḡ_r = (1/B) Σ_i ∇L_i       the allreduce of the weighted ḡ_r
-
-so N ranks take the same steps as one process on the full batch (up to the
-order of the floating-point sums). The optimizer then runs on every rank with
-identical gradients, so weights and optimizer state stay identical.
-
-The reduction goes over one contiguous buffer holding every gradient, reused
-across steps: one collective per step, whatever the number of layers. The
-fast training step writes its ``dW_l`` and ``db_l`` straight into views of
-that buffer, so packing costs nothing.
+The scheme (one weighted allreduce of the flat gradient buffer per step, so N
+ranks take the steps of one process on the whole batch) is written out in the
+package's docstring, :mod:`xprop.distributed`.
 
 :class:`DataParallelStrategy` is what ``fit(..., distributed=True)`` runs
 (the strategy interface is in :mod:`xprop.train.strategy`);
