@@ -266,6 +266,21 @@ def test_two_trains_on_one_directory_one_is_refused(tmp_path):
     assert float(re.search(r"accuracy:\s+([\d.]+)", again.stdout).group(1)) == acc
 
 
+def test_a_run_directory_in_use_is_named_so_before_its_files_are_judged(tmp_path):
+    """A live run has written its history log but no checkpoint yet: a second train on that
+    directory is told the directory is in use, not that a file is in the way (the state the
+    race of two concurrent trains can catch the loser in)."""
+    run = tmp_path / "same"
+    run.mkdir()
+    (run / "checkpoint.history.jsonl").write_text("")
+    with RunLock(run):
+        r = cli(tmp_path, "train", "--epochs", "1", "--out", "same", *TRAIN)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use by another xprop run" in lines[0], r.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.history.jsonl"]
+
+
 def test_the_run_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
     with RunLock(tmp_path):
         with pytest.raises(RunDirectoryInUse) as info:

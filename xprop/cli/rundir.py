@@ -21,8 +21,15 @@ __all__ = ["RUN_FILES", "check_run_directory", "make_directory", "remove_if_empt
 RUN_FILES = ("model.npz", "history.json", "curves.png")
 
 
-def check_run_directory(args, out: Path) -> None:
-    """Refuse to write over files this run did not make (rule 1) unless --force."""
+def check_run_directory(args, out: Path, *, probe_lock: bool = True) -> None:
+    """Refuse to write over files this run did not make (rule 1) unless --force.
+
+    With ``probe_lock`` a directory that a live run holds (rule 2) is refused first, as in use
+    (its files are that run's, still being written); :func:`open_directory`, which holds the
+    lock itself, checks again without the probe.
+    """
+    if probe_lock and out.is_dir():
+        RunLock(out).acquire().release()   # RunDirectoryInUse while another run holds it
     ckpt = out / "checkpoint.npz"
     if args.resume and not ckpt.exists():
         raise FileNotFoundError(f"nothing to resume: {str(ckpt)!r} does not exist")
@@ -69,7 +76,7 @@ def open_directory(args, out: Path, is_root: bool):
     if is_root:
         lock.acquire()   # refused: the directory stays (the run holding it may use what we made)
         try:
-            check_run_directory(args, out)   # another run may have finished meanwhile
+            check_run_directory(args, out, probe_lock=False)   # another run may have finished meanwhile
         except BaseException:
             remove_if_empty(made)
             lock.release()

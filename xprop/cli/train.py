@@ -239,7 +239,7 @@ def _run_directory(args, job) -> Path:
     if args.patience is not None and not args.validation:
         raise ValueError("--patience (early stopping) needs --validation > 0")
     out = Path(args.out) if args.out is not None else _default_out()
-    check_run_directory(args, out)
+    check_run_directory(args, out, probe_lock=job.is_root)   # rank 0 alone takes the lock later
     return out
 
 
